@@ -1,0 +1,115 @@
+"""The input contract every model's ``forward`` shares: shape checks and optional symmetric padding.
+
+Every model takes ``x: Tensor[B, C, H, W]`` and returns logits ``Tensor[B, num_classes, H, W]``.
+``depth`` poolings by 2 need ``H`` and ``W`` divisible by ``2**depth``; exact equivariance to the pixel-grid
+group (90° rotations, flips) also needs it, because a pooling window that straddles the image centre
+differently after a rotation breaks the symmetry. Models therefore refuse other sizes with a clear
+``ValueError``, unless built with ``pad=True``: the input is then padded symmetrically (replicate) up to the
+next multiple and the logits are cropped back. The padded path is exactly equivariant only when the total
+padding on each axis is even (the same amount on both sides).
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def check_input(x: object, in_channels: int, multiple: int, pad: bool, model_name: str) -> None:
+    """Raise ``ValueError`` naming the received and expected value when ``x`` breaks the contract.
+
+    Args:
+        x: the model input, expected ``Tensor[B, in_channels, H, W]``.
+        in_channels: channels the model was built for.
+        multiple: ``2**depth``; H and W must be divisible by it unless ``pad`` is set.
+        pad: the model pads to a multiple itself, so any H, W >= 1 is fine.
+        model_name: used in messages.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{model_name}: expected a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(
+            f"{model_name}: expected a 4-D input (B, C, H, W), got {x.dim()}-D input of shape {tuple(x.shape)}"
+        )
+    if x.shape[1] != in_channels:
+        raise ValueError(
+            f"{model_name}: expected {in_channels} input channels, got {x.shape[1]} "
+            f"(input shape {tuple(x.shape)}); build the model with in_channels={x.shape[1]} or fix the data"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"{model_name}: expected a floating-point input, got dtype {x.dtype}")
+    if pad:
+        return
+    h, w = x.shape[-2:]
+    if h % multiple or w % multiple:
+        raise ValueError(
+            f"{model_name}: spatial size {h}x{w} is not a multiple of {multiple} (= 2**depth); "
+            f"expected H and W divisible by {multiple}, e.g. {_round_up(h, multiple)}x{_round_up(w, multiple)}. "
+            "Crop/resize the input, or build the model with pad=True (symmetric pad, cropped back)."
+        )
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int, int, int]]:
+    """Pad ``x`` (B, C, H, W) symmetrically (replicate) so H and W are multiples of ``multiple``.
+
+    Returns the padded tensor and the padding ``(left, right, top, bottom)`` for :func:`crop_padding`.
+    When the total padding on an axis is odd, the extra pixel goes right/bottom.
+    """
+    h, w = x.shape[-2:]
+    ph, pw = _round_up(h, multiple) - h, _round_up(w, multiple) - w
+    padding = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+    if ph == 0 and pw == 0:
+        return x, padding
+    return F.pad(x, padding, mode="replicate"), padding
+
+
+def crop_padding(y: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
+    """Undo :func:`pad_to_multiple` on a (B, C, H, W) output."""
+    left, right, top, bottom = padding
+    h, w = y.shape[-2:]
+    return y[..., top : h - bottom, left : w - right]
+
+
+class ContractMixin:
+    """Mixin for ``nn.Module`` models: ``self._run(x, fn)`` checks ``x``, pads if asked, calls ``fn``, crops.
+
+    The model must set ``in_channels``, ``depth`` and ``pad`` attributes.
+    """
+
+    in_channels: int
+    depth: int
+    pad: bool
+
+    def _run(self, x: Tensor, fn) -> Tensor:
+        multiple = 2**self.depth
+        check_input(x, self.in_channels, multiple, self.pad, type(self).__name__)
+        if not self.pad:
+            return fn(x)
+        xp, padding = pad_to_multiple(x, multiple)
+        return crop_padding(fn(xp), padding)
+
+
+def same_padding(kernel_size: int) -> int:
+    """Padding that keeps H, W for an odd ``kernel_size`` (raises for even sizes)."""
+    if kernel_size % 2 != 1:
+        raise ValueError(f"kernel_size must be odd so the kernel has a centre pixel, got {kernel_size}")
+    return kernel_size // 2
+
+
+__all__ = ["check_input", "pad_to_multiple", "crop_padding", "ContractMixin", "same_padding"]
+
+
+def level_channels(width: float, depth: int, multiple: int = 1) -> list[int]:
+    """Channels at each of the ``depth + 1`` levels of a U-Net: ``width · 2**i``, rounded to ``multiple``.
+
+    ``width`` may be fractional: the deep levels, which hold most parameters, then resolve it finely, which is
+    how :func:`model.width_for_params` reaches a parameter target within a few percent even for small nets.
+    ``multiple`` is e.g. the group order for regular-field equivariant models (each level is at least one
+    multiple).
+    """
+    if width <= 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    return [max(multiple, multiple * round(width * 2**i / multiple)) for i in range(depth + 1)]

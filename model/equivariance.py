@@ -1,0 +1,176 @@
+"""Group actions on image tensors and the equivariance error of a model.
+
+Images are ``Tensor[..., H, W]`` with row index ``y`` growing downwards and column index ``x`` to the right.
+A rotation by ``θ`` turns the picture **counter-clockwise as displayed** about the image centre
+``((W-1)/2, (H-1)/2)``; ``θ = 90°`` is ``torch.rot90(x, 1, dims=(-2, -1))``. The flip ``f`` mirrors
+left↔right (``torch.flip(x, dims=(-1,))``). A group element is ``g = r_θ ∘ f^m``: flip first (when ``m=1``),
+then rotate. The pixel-grid group D4 = {r_{90k} f^m} acts exactly (a permutation of pixels); other angles
+act by bilinear interpolation and are only compared inside a central disk, where no pixel leaves the image.
+
+For a model ``Φ`` with scalar-field output (per-pixel logits) the equivariance error under ``g`` is
+
+    err(g) = max |Φ(g·x) − g·Φ(x)| / max |Φ(x)|
+
+(both maxima over the central disk for interpolated angles, over the whole image for exact elements).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+#: Groups understood by :func:`group_elements`. ``SO2``/``O2`` are sampled every 22.5°.
+GROUPS = ("C1", "C2", "C4", "C8", "C16", "D1", "D2", "D4", "D8", "D16", "SO2", "O2")
+
+
+@dataclass(frozen=True)
+class GroupElement:
+    """``r_θ ∘ f^reflect``: optional left↔right flip, then a counter-clockwise rotation by ``angle`` degrees."""
+
+    angle: float = 0.0
+    reflect: bool = False
+
+    @property
+    def exact(self) -> bool:
+        """True when the element permutes pixels exactly (a multiple of 90°)."""
+        return float(self.angle) % 90.0 == 0.0
+
+    @property
+    def name(self) -> str:
+        a = float(self.angle) % 360.0
+        rot = "e" if a == 0 else f"rot{a:g}"
+        if not self.reflect:
+            return rot
+        return "flip" if a == 0 else f"{rot}*flip"
+
+    def __str__(self) -> str:  # pragma: no cover - cosmetic
+        return self.name
+
+
+def rot90(x: Tensor, k: int = 1) -> Tensor:
+    """Rotate ``x[..., H, W]`` by ``k``·90° counter-clockwise (as displayed), exactly."""
+    return torch.rot90(x, k % 4, dims=(-2, -1))
+
+
+def flip(x: Tensor) -> Tensor:
+    """Mirror ``x[..., H, W]`` left↔right."""
+    return torch.flip(x, dims=(-1,))
+
+
+def rotate(x: Tensor, angle: float) -> Tensor:
+    """Rotate ``x[B, C, H, W]`` by ``angle`` degrees counter-clockwise about the centre (bilinear).
+
+    Multiples of 90° are dispatched to the exact :func:`rot90` only by :func:`act`; this function always
+    interpolates, so it can be compared against :func:`rot90` (they agree inside the central disk).
+    Sample positions and weights are computed in float64, so grid-aligned angles reproduce pixels to
+    rounding; pixels sampled from outside the image are zero.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"rotate expects (B, C, H, W), got shape {tuple(x.shape)}")
+    b, c, h, w = x.shape
+    t = math.radians(angle)
+    cos, sin = math.cos(t), math.sin(t)
+    ys = torch.arange(h, dtype=torch.float64, device=x.device) - (h - 1) / 2
+    xs = torch.arange(w, dtype=torch.float64, device=x.device) - (w - 1) / 2
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    # Output pixel p samples the input at R(θ)^{-1} p. In display coordinates (y down) a counter-clockwise
+    # rotation by θ maps (x, y) -> (x cosθ + y sinθ, -x sinθ + y cosθ); its inverse is the transpose.
+    src_x = xx * cos - yy * sin + (w - 1) / 2
+    src_y = xx * sin + yy * cos + (h - 1) / 2
+    x0, y0 = src_x.floor(), src_y.floor()
+    flat = x.reshape(b, c, h * w)
+    out = torch.zeros(b, c, h * w, dtype=x.dtype, device=x.device)
+    for dx in (0, 1):
+        for dy in (0, 1):
+            xi, yi = x0 + dx, y0 + dy
+            weight = (1 - (src_x - xi).abs()) * (1 - (src_y - yi).abs())
+            inside = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1) & (weight > 0)
+            index = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).long().flatten()
+            weight = torch.where(inside, weight, torch.zeros_like(weight)).to(x.dtype).flatten()
+            out += flat[:, :, index] * weight
+    return out.reshape(b, c, h, w)
+
+
+def act(x: Tensor, g: GroupElement) -> Tensor:
+    """Apply ``g`` to a scalar field ``x[B, C, H, W]``: flip first (if any), then rotate."""
+    if g.reflect:
+        x = flip(x)
+    if g.exact:
+        return rot90(x, int(round(g.angle / 90.0)))
+    return rotate(x, g.angle)
+
+
+def act_inverse(x: Tensor, g: GroupElement) -> Tensor:
+    """Apply ``g⁻¹ = f^m ∘ r_{-θ}`` to a scalar field."""
+    x = rot90(x, -int(round(g.angle / 90.0))) if g.exact else rotate(x, -g.angle)
+    return flip(x) if g.reflect else x
+
+
+def group_elements(group: str) -> list[GroupElement]:
+    """All elements of a finite group (for ``SO2``/``O2``: rotations every 22.5°, with flips for ``O2``).
+
+    ``CN``: rotations by multiples of 360/N. ``DN``: those, each also composed with the flip.
+    """
+    g = group.upper()
+    if g in ("SO2", "O2"):
+        n, reflect = 16, g == "O2"
+    elif len(g) > 1 and g[0] in "CD" and g[1:].isdigit() and int(g[1:]) >= 1:
+        n, reflect = int(g[1:]), g[0] == "D"
+    else:
+        raise ValueError(f"unknown group {group!r}; expected one of {GROUPS} (or CN/DN for any N >= 1)")
+    rots = [GroupElement(360.0 * k / n, False) for k in range(n)]
+    return rots + ([GroupElement(e.angle, True) for e in rots] if reflect else [])
+
+
+def central_disk(h: int, w: int, margin: float = 2.0, device=None) -> Tensor:
+    """Boolean mask ``[H, W]`` of pixels within ``min(H, W)/2 - margin`` of the image centre."""
+    ys = torch.arange(h, device=device) - (h - 1) / 2
+    xs = torch.arange(w, device=device) - (w - 1) / 2
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    return (xx**2 + yy**2).sqrt() <= min(h, w) / 2 - margin
+
+
+@torch.no_grad()
+def equivariance_error(model: nn.Module | callable, x: Tensor, group: str | list[GroupElement],
+                       disk_margin: float = 2.0, exact_only: bool = False) -> dict[str, float]:
+    """Relative equivariance error of ``model`` on ``x[B, C, H, W]`` for every element of ``group``.
+
+    Args:
+        model: maps ``(B, C, H, W)`` to scalar fields ``(B, K, H, W)`` (e.g. logits). Its train/eval mode is
+            left as it is (in train mode BatchNorm uses the statistics of each batch).
+        x: the input.
+        group: a group name (see :data:`GROUPS`) or a list of :class:`GroupElement`.
+        disk_margin: for interpolated rotations, pixels farther than ``min(H,W)/2 - margin`` from the centre
+            are ignored (they see the image corners, which leave the frame under rotation).
+        exact_only: keep only the elements that act exactly on the pixel grid.
+
+    Returns:
+        ``{element name: max |Φ(g·x) − g·Φ(x)| / max |Φ(x)|}``; the identity is included (≈ 0 unless the model
+        is nondeterministic).
+    """
+    elements = group_elements(group) if isinstance(group, str) else list(group)
+    if exact_only:
+        elements = [g for g in elements if g.exact]
+    y = model(x)
+    if y.shape[-2:] != x.shape[-2:]:
+        raise ValueError(f"equivariance_error needs a dense output of the input's size {tuple(x.shape[-2:])}, "
+                         f"got {tuple(y.shape)}")
+    disk = central_disk(*y.shape[-2:], margin=disk_margin, device=y.device)
+    out: dict[str, float] = {}
+    for g in elements:
+        y_g = model(act(x, g))
+        g_y = act(y, g)
+        diff = (y_g - g_y).abs()
+        if g.exact:
+            num, den = diff.max(), y.abs().max()
+        else:
+            num, den = diff[..., disk].max(), y.abs()[..., disk].max()
+        out[g.name] = float(num / den.clamp_min(torch.finfo(y.dtype).tiny))
+    return out
+
+
+def max_error(errors: dict[str, float]) -> float:
+    """The largest error in a result of :func:`equivariance_error`."""
+    return max(errors.values())

@@ -1,0 +1,1 @@
+"""Data, training, metrics and tracking utilities for the equivariant OCELOT toolkit."""
