@@ -7,7 +7,7 @@
 The plain U-Net is measured in the same run, on the same input; every other row is reported as a ratio to
 it. The equivariance column is the largest relative error over the exact (pixel-grid) elements of each
 model's group (D4 for the plain U-Net, which is not equivariant, so it shows how far off it is), in eval mode.
-Issue-specific tables (moment kernels, escnn) live in benchmarks/moment.py and benchmarks/escnn.py and are
+Issue-specific tables (moment kernels, escnn) live in benchmarks/moment.py and benchmarks/steerable.py and are
 appended when those modules are present.
 """
 from __future__ import annotations
@@ -21,9 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import forward_ms, print_table, tf32_off, train_step_ms  # noqa: E402
+from benchmarks.common import forward_ms, print_table, tf32_off, train_step_ms  # noqa: E402
 
 from model import build_model, count_parameters, list_models  # noqa: E402
 from model.equivariance import equivariance_error  # noqa: E402
@@ -92,9 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     print_table(model_rows(width, args.depth, x, repeats, args.device), cols)
     if args.no_extra:
         return
-    for module, fn in (("moment", "moment_rows"), ("escnn", "escnn_rows")):
+    for module, fn in (("moment", "moment_rows"), ("steerable", "escnn_rows")):
         try:
-            mod = importlib.import_module(module)
+            mod = importlib.import_module(f"benchmarks.{module}")
         except ImportError:
             continue
         if hasattr(mod, fn):

@@ -1,0 +1,397 @@
+"""Steerable U-Net on escnn / e2cnn (model/escnnUnet.py, model/escnn_compat.py).
+
+escnn builds are slow on a shared CPU, so most tests use small widths/depths; the heavier ones are marked slow.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("escnn")
+pytest.importorskip("e2cnn")
+
+from model import build_model, count_parameters, width_for_params  # noqa: E402
+from model.equivariance import central_disk, equivariance_error, rotate  # noqa: E402
+from model.escnnUnet import (  # noqa: E402
+    GROUPS, EscnnUNet, FieldBatchNorm2d, escnnUnetVariant, group_order,
+)
+from model.unet import UNet  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = ("escnn", "e2cnn")
+
+
+def _run_python(code: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-W", "ignore", "-c", textwrap.dedent(code)], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max().detach() / b.abs().max().detach())
+
+
+def _train_steps(model: torch.nn.Module, x: torch.Tensor, steps: int = 3) -> None:
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    target = torch.randint(0, model.num_classes, (x.shape[0], *x.shape[-2:]), generator=torch.Generator().manual_seed(1))
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(x), target).backward()
+        opt.step()
+
+
+# ------------------------------------------------------------------------------------------ exact equivariance
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("group", ["D4", "C4"])
+def test_exact_equivariance_train_eval_and_after_steps(backend: str, group: str) -> None:
+    torch.manual_seed(0)
+    model = EscnnUNet(width=2 * group_order(group), depth=2, group=group, backend=backend)
+    assert model.group == group
+    x = torch.randn(2, 3, 64, 64)
+    for stage in ("init", "after 3 steps"):
+        if stage == "after 3 steps":
+            _train_steps(model, x)
+        for mode in ("train", "eval"):
+            model.train(mode == "train")
+            errors = equivariance_error(model, x, group)
+            assert len(errors) == group_order(group)
+            bad = {k: v for k, v in errors.items() if not v <= 1e-5}
+            assert not bad, f"{backend} {group} {stage} {mode}: equivariance errors above 1e-5: {bad}"
+
+
+def test_exact_subgroup_of_c8_and_d8() -> None:
+    """The 90° rotations (and flips for D8) of C8/D8 act exactly on the grid: error at float precision."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 32, 32)
+    for group in ("C8", "D8"):
+        model = EscnnUNet(width=group_order(group), depth=1, group=group).eval()
+        errors = equivariance_error(model, x, group, exact_only=True)
+        assert len(errors) == (4 if group == "C8" else 8)
+        assert max(errors.values()) <= 1e-5, errors
+
+
+# ------------------------------------------------------------------------------------------------------ export
+@pytest.mark.parametrize("group", GROUPS)
+def test_export_matches_every_group(group: str) -> None:
+    torch.manual_seed(0)
+    model = EscnnUNet(width=group_order(group), depth=1, group=group, pool="antialiased")
+    x = torch.randn(2, 3, 16, 16)
+    _train_steps(model, x, steps=1)  # non-trivial batch-norm statistics
+    model.eval()
+    exported = model.export()
+    assert not model.training, "export() must leave the model's mode unchanged"
+    assert all(type(m).__module__.split(".")[0] in ("torch", "model") for m in exported.modules())
+    with torch.no_grad():
+        y, y_exp = model(x), exported(x)
+    assert y_exp.shape == (2, 3, 16, 16)
+    assert _rel(y_exp, y) <= 1e-5
+
+
+@pytest.mark.parametrize("norm", ["field", "inner"])
+def test_export_e2cnn_and_inner_batchnorm(norm: str) -> None:
+    torch.manual_seed(0)
+    for backend in BACKENDS:
+        model = EscnnUNet(width=8, depth=1, group="D4", backend=backend, norm=norm)
+        x = torch.randn(2, 3, 16, 16)
+        _train_steps(model, x, steps=1)
+        model.eval()
+        with torch.no_grad():
+            assert _rel(model.export()(x), model(x)) <= 1e-5
+
+
+def test_field_batchnorm_is_inner_batchnorm() -> None:
+    """FieldBatchNorm2d computes escnn's InnerBatchNorm (outputs and running statistics)."""
+    from escnn import gspaces, nn as enn
+
+    gspace = gspaces.flipRot2dOnR2(4)
+    ftype = enn.FieldType(gspace, [gspace.regular_repr] * 3)
+    inner = enn.InnerBatchNorm(ftype)
+    ours = FieldBatchNorm2d(3, 8)
+    x = torch.randn(4, 24, 9, 7) * 3 + torch.arange(24.0).view(1, 24, 1, 1)
+    for _ in range(2):
+        y_inner = inner(enn.GeometricTensor(x, ftype)).tensor
+        y_ours = ours(x)
+        assert _rel(y_ours, y_inner) <= 1e-5
+    bn = inner.batch_norm_modules[0] if hasattr(inner, "batch_norm_modules") else \
+        [m for m in inner.modules() if isinstance(m, torch.nn.BatchNorm3d)][0]
+    assert torch.allclose(ours.running_mean, bn.running_mean, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(ours.running_var, bn.running_var, rtol=1e-5, atol=1e-6)
+    inner.eval(), ours.eval()
+    assert _rel(ours(x), inner(enn.GeometricTensor(x, ftype)).tensor) <= 1e-5
+
+
+# ----------------------------------------------------------------------- escnn's SVD fix, in a fresh disk cache
+@pytest.mark.slow
+def test_every_group_builds_in_a_fresh_escnn_cache(tmp_path: Path) -> None:
+    """With escnn's disk cache pointed at an empty folder (a warm cache would hide the scikit-learn failure)."""
+    cache = tmp_path / "escnn_cache"
+    result = _run_python(f"""
+        import torch
+        from model.escnnUnet import EscnnUNet, GROUPS, group_order
+        from model import escnn_compat
+        assert escnn_compat.cache_dir() == {str(cache)!r}, escnn_compat.cache_dir()
+        assert escnn_compat.sklearn_svd_disabled()
+        for g in GROUPS:
+            m = EscnnUNet(width=group_order(g), depth=1, group=g).eval()
+            assert m(torch.randn(1, 3, 8, 8)).shape == (1, 3, 8, 8)
+        print("OK")
+    """, env={"ESCNN_CACHE_DIR": str(cache)})
+    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+    assert any(p.is_file() for p in cache.rglob("output.pkl")), "escnn wrote nothing to the fresh cache folder"
+
+
+def test_without_the_fix_a_fresh_cache_fails(tmp_path: Path) -> None:
+    """Control: escnn's scikit-learn path in a fresh cache raises the np.matrix TypeError the fix avoids."""
+    result = _run_python(f"""
+        import escnn.group._numerical as numerical
+        original = numerical.randomized_svd
+        from model import escnn_compat
+        escnn_compat.patch_escnn()
+        escnn_compat.set_cache_dir({str(tmp_path / "cache")!r})
+        numerical.randomized_svd = original  # undo the fix
+        from escnn import gspaces, nn as enn
+        g = gspaces.flipRot2dOnR2(4)
+        t = enn.FieldType(g, [g.regular_repr])
+        try:
+            enn.R2Conv(t, t, 3)
+            print("BUILT")
+        except TypeError as err:
+            print("TYPEERROR", err)
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    if "BUILT" in result.stdout:
+        pytest.skip("this scikit-learn accepts np.matrix in randomized_svd; the fix is harmless but not needed")
+    assert "np.matrix" in result.stdout
+
+
+# ------------------------------------------------------------------------------------------ state dict & loading
+def test_state_dict_loads_in_a_fresh_process_and_export_without_escnn(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = EscnnUNet(width=16, depth=2, group="D4")
+    x = torch.randn(2, 3, 32, 32)
+    _train_steps(model, x, steps=1)
+    model.eval()
+    with torch.no_grad():
+        y = model(x)
+    exported = model.export()
+    sd = model.state_dict()
+    assert not any(k.endswith((".filter", "sampled_basis")) for k in sd), "derived escnn buffers leaked into state_dict"
+    torch.save({"sd": sd, "x": x, "y": y, "exp_sd": exported.state_dict(), "config": exported.config},
+               tmp_path / "ckpt.pt")
+    result = _run_python(f"""
+        import torch
+        from model.escnnUnet import EscnnUNet
+        d = torch.load({str(tmp_path / "ckpt.pt")!r})
+        torch.manual_seed(123)
+        m = EscnnUNet(width=16, depth=2, group="D4")
+        m.load_state_dict(d["sd"])
+        m.eval()
+        with torch.no_grad():
+            print("MAXDIFF", float((m(d["x"]) - d["y"]).abs().max()))
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.split("MAXDIFF")[1]) == 0.0
+    # the exported model: no escnn / e2cnn importable in that process
+    result = _run_python(f"""
+        import sys
+        sys.modules["escnn"] = None; sys.modules["e2cnn"] = None  # importing them now raises ImportError
+        import torch
+        from model.escnnUnet import ExportedEscnnUNet
+        d = torch.load({str(tmp_path / "ckpt.pt")!r})
+        net = ExportedEscnnUNet(**d["config"]); net.load_state_dict(d["exp_sd"]); net.eval()
+        with torch.no_grad():
+            y = net(d["x"])
+        print("REL", float((y - d["y"]).abs().max() / d["y"].abs().max()))
+        print("ESCNN", any(k.startswith("escnn") and sys.modules[k] is not None for k in sys.modules))
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.split("REL")[1].split()[0]) <= 1e-5
+    assert "ESCNN False" in result.stdout
+
+
+def test_state_dict_modes_round_trip() -> None:
+    """escnn's eval-mode filter cache does not leak: state_dicts load across modes, also as a submodule."""
+    torch.manual_seed(0)
+    a = EscnnUNet(width=8, depth=1, group="D4")
+    b = EscnnUNet(width=8, depth=1, group="D4").eval()
+    b.load_state_dict(a.state_dict())  # train-mode dict into an eval-mode model (its cached filter is rebuilt)
+    a.eval()
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+    # nested (as in a LightningModule): an eval-mode dict, with escnn's filter cache, into a train-mode wrapper
+    wrapper = torch.nn.Sequential(EscnnUNet(width=8, depth=1, group="D4"))
+    wrapper.load_state_dict(torch.nn.Sequential(a).state_dict())
+    wrapper.eval()
+    with torch.no_grad():
+        assert torch.equal(wrapper(x), a(x))
+    import copy
+
+    c = copy.deepcopy(a)  # eval mode: escnn's cached filters are detached, so the model can be copied
+    with torch.no_grad():
+        assert torch.equal(c(x), a(x))
+    stale = {**a.state_dict(), "inc.0.filter": torch.zeros(1)}  # stale derived buffers are ignored
+    b.load_state_dict(stale)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        b.load_state_dict({})
+
+
+# --------------------------------------------------------------------------------------------- errors & contract
+def test_errors_name_what_is_supported() -> None:
+    with pytest.raises(ValueError, match=r"unknown group 'X4'.*C4.*D4.*D8"):
+        EscnnUNet(group="X4")
+    with pytest.raises(ValueError, match=r"unknown backend 'tf'.*escnn.*e2cnn"):
+        EscnnUNet(backend="tf")
+    with pytest.raises(ValueError, match="unknown pool"):
+        EscnnUNet(pool="min")
+    model = EscnnUNet(width=8, depth=2, group="C4")
+    with pytest.raises(ValueError, match="multiple of 4"):
+        model(torch.randn(1, 3, 10, 12))
+    with pytest.raises(ValueError, match="input channels"):
+        model(torch.randn(1, 1, 8, 8))
+    padded = EscnnUNet(width=8, depth=2, group="C4", pad=True)
+    assert padded(torch.randn(1, 3, 10, 13)).shape == (1, 3, 10, 13)
+
+
+def test_missing_backend_names_the_package() -> None:
+    result = _run_python("""
+        import sys
+        sys.modules["e2cnn"] = None
+        from model.escnnUnet import EscnnUNet
+        try:
+            EscnnUNet(backend="e2cnn", width=8, depth=1)
+        except ImportError as err:
+            print("ERR", err)
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ERR" in result.stdout and "pip install e2cnn" in result.stdout
+
+
+def test_registry_alias_and_width() -> None:
+    assert escnnUnetVariant is EscnnUNet
+    model = build_model("escnn_unet", width=32, depth=2, group="C8", backend="e2cnn")
+    assert isinstance(model, EscnnUNet) and model.group == "C8"
+    assert model.level_fields == [4, 8, 16]  # width counts channels: 32 / |C8| = 4 fields of 8 channels
+    plain = UNet(width=32, depth=2)
+    assert count_parameters(model) < count_parameters(plain)
+
+
+@pytest.mark.slow
+def test_width_for_params_equal_parameter_d4() -> None:
+    target = count_parameters(UNet(width=32, depth=4))
+    width = width_for_params("escnn_unet", target, group="D4", depth=4)
+    n = count_parameters(EscnnUNet(width=width, depth=4, group="D4"))
+    assert abs(n - target) / target <= 0.05, (width, n, target)
+
+
+def test_he_init_keeps_escnn_activation_scale() -> None:
+    """The fast init preserves the activations' scale through the layers, comparable to escnn's own init.
+
+    Eval mode at init: batch norm is the identity, so the RMS after each ReLU shows the init alone.
+    """
+    x = torch.randn(2, 3, 32, 32)
+    rms: dict[str, list[list[float]]] = {"he": [], "escnn": []}
+    for init in rms:
+        for seed in range(2):
+            torch.manual_seed(seed)
+            m = EscnnUNet(width=16, depth=2, group="D4", init=init).eval()
+            t, seq = m._enn.GeometricTensor(x, m.in_type), []
+            with torch.no_grad():
+                for mod in [*m.inc.children(), *m.downs[0][1].children()]:
+                    t = mod(t)
+                    if type(mod).__name__ == "ReLU":
+                        seq.append(float(t.tensor.pow(2).mean().sqrt() / x.pow(2).mean().sqrt()))
+            rms[init].append(seq)
+    he = [sum(v) / len(v) for v in zip(*rms["he"])]
+    escnn = [sum(v) / len(v) for v in zip(*rms["escnn"])]
+    print("RMS after each ReLU / input RMS: he", he, "escnn", escnn)
+    assert all(0.5 <= r <= 2.0 for r in he), he  # variance preserving through 4 conv layers
+    assert 1 / 2.5 <= he[0] / escnn[0] <= 2.5, (he, escnn)  # same scale as escnn's init at the first layer
+
+
+# ------------------------------------------------------------------------------ approximate (non-grid) angles
+def smooth_noise(size: int = 128, sigma: float = 3.0, seed: int = 0) -> torch.Tensor:
+    """Gaussian-blurred white noise ``(1, 3, size, size)``, unit standard deviation."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 3, size, size, generator=g)
+    k = 2 * int(4 * sigma) + 1
+    r = torch.arange(k, dtype=torch.float32) - k // 2
+    w = torch.exp(-(r**2) / (2 * sigma**2))
+    w = w / w.sum()
+    x = F.pad(x, (k // 2,) * 4, mode="reflect")
+    x = F.conv2d(x, w.view(1, 1, 1, k).repeat(3, 1, 1, 1), groups=3)
+    x = F.conv2d(x, w.view(1, 1, k, 1).repeat(3, 1, 1, 1), groups=3)
+    return x / x.std()
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
+    """Set every batch norm's running statistics to those of ``x`` (one train-mode pass, momentum 1), then eval.
+
+    Untrained nets in eval mode otherwise have un-normalised activations (the plain U-Net's shrink to its head
+    bias, a constant that is trivially invariant), which makes their errors incomparable.
+    """
+    norms = [m for m in model.modules() if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, FieldBatchNorm2d))]
+    for m in norms:
+        m.momentum = 1.0
+    model.train()
+    model(x)
+    for m in norms:
+        m.momentum = 0.1
+    return model.eval()
+
+
+@torch.no_grad()
+def rotation_errors(model: torch.nn.Module, x: torch.Tensor, angle: float) -> tuple[float, float]:
+    """(relative max error from ``equivariance_error``, relative L2 error) of ``model`` under ``angle`` (disk)."""
+    from model.equivariance import GroupElement
+
+    max_err = equivariance_error(model, x, [GroupElement(angle)])[GroupElement(angle).name]
+    y = model(x)
+    disk = central_disk(*x.shape[-2:])
+    diff = (model(rotate(x, angle)) - rotate(y, angle))[..., disk]
+    return max_err, float(diff.norm() / y[..., disk].norm())
+
+
+@pytest.mark.slow
+def test_non_grid_rotations_beat_the_plain_unet(record_property) -> None:
+    """45° (C8, D8, C16) and 22.5° (C16) errors on smooth input vs the plain U-Net, same width and depth.
+
+    Random untrained nets, batch norm calibrated on the input, three seeds averaged. The acceptance measure is
+    the relative L2 error in the central disk (<= 0.5 × plain); the relative max error (``equivariance_error``)
+    is recorded too: it is dominated by a few pixels and varies a lot between seeds.
+    """
+    x = smooth_noise()
+    seeds = range(3)
+
+    def mean_errors(make, angles) -> dict[float, tuple[float, float]]:
+        vals: dict[float, list[tuple[float, float]]] = {a: [] for a in angles}
+        for seed in seeds:
+            torch.manual_seed(seed)
+            model = calibrate_batchnorm(make(), x)
+            for angle in angles:
+                vals[angle].append(rotation_errors(model, x, angle))
+        return {a: (sum(v[0] for v in vs) / len(vs), sum(v[1] for v in vs) / len(vs)) for a, vs in vals.items()}
+
+    plain = mean_errors(lambda: UNet(width=32, depth=3), (45.0, 22.5))
+    report = {"plain": plain}
+    failures = []
+    for group, angles in (("C8", (45.0,)), ("D8", (45.0,)), ("C16", (45.0, 22.5))):
+        errs = mean_errors(lambda g=group: EscnnUNet(width=32, depth=3, group=g, pool="antialiased"), angles)
+        report[group] = errs
+        for angle in angles:
+            ratio = errs[angle][1] / plain[angle][1]
+            if ratio > 0.5:
+                failures.append(f"{group} {angle}°: L2 {errs[angle][1]:.3f} vs plain {plain[angle][1]:.3f} ({ratio:.2f}×)")
+    record_property("rotation_errors", json.dumps({k: {str(a): v for a, v in d.items()} for k, d in report.items()}))
+    print(json.dumps({k: {str(a): [round(e, 3) for e in v] for a, v in d.items()} for k, d in report.items()}))
+    assert not failures, failures
