@@ -1,0 +1,138 @@
+"""ExperimentConfig ⇄ YAML ⇄ key=value overrides ⇄ papermill parameters, validation messages, grids."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from util.config import (ConfigError, ExperimentConfig, apply_overrides, config_from_parameters, expand_grid,
+                         grid_point, load_config, papermill_parameters)
+from util.dataloader import DataConfig
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+def test_defaults_and_shipped_configs_load():
+    cfg = ExperimentConfig()
+    assert isinstance(cfg.data, DataConfig)
+    for name in ("default.yaml", "tiny.yaml", "grid_example.yaml"):
+        c = load_config(CONFIGS / name)
+        assert isinstance(c, ExperimentConfig)
+    tiny = load_config(CONFIGS / "tiny.yaml")
+    default = load_config(CONFIGS / "default.yaml")
+    # tiny inherits from default (base:) and overrides a few keys
+    assert tiny.model.kwargs == {"width": 4, "depth": 2}
+    assert tiny.optimizer == default.optimizer and tiny.detection == default.detection
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(None, ["learning_rate=1e-3", "data.crop_size=128", "model.name=escnn_unet",
+                             "model.kwargs.group=C8", "model.kwargs.width=12", "max_steps=50", "tta=true",
+                             "devices=2", "class_weights=[1, 2.5, 3]", "eval_transforms=[rot90]",
+                             "data.manifest_dir=null", "name=7"])
+    assert cfg.learning_rate == 1e-3 and isinstance(cfg.learning_rate, float)
+    assert cfg.data.crop_size == 128 and isinstance(cfg.data.crop_size, int)
+    assert cfg.model.name == "escnn_unet"
+    assert cfg.model.kwargs["group"] == "C8" and cfg.model.kwargs["width"] == 12
+    assert cfg.max_steps == 50 and cfg.tta is True and cfg.devices == 2
+    assert cfg.class_weights == [1.0, 2.5, 3.0]
+    assert cfg.eval_transforms == ["rot90"]
+    assert cfg.name == "7"
+    assert load_config(None, ["data.crop_size=null"]).data.crop_size is None
+    assert load_config(None, ["devices=auto"]).devices == "auto"
+
+
+def test_unknown_key_suggests_nearest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'lerning_rate'.*did you mean 'learning_rate'"):
+        load_config(None, ["lerning_rate=0.1"])
+    with pytest.raises(ConfigError, match=r"data\.crop_sise.*did you mean 'data\.crop_size'"):
+        load_config(None, ["data.crop_sise=64"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["learning_rate"])
+
+
+def test_wrong_type_names_key_value_and_type():
+    with pytest.raises(ConfigError, match=r"learning_rate='abc'.*expected float"):
+        load_config(None, ["learning_rate=abc"])
+    with pytest.raises(ConfigError, match=r"data\.batch_size='two'.*expected int"):
+        load_config(None, ["data.batch_size=two"])
+    with pytest.raises(ConfigError, match=r"epochs='1\.5'.*expected int"):
+        load_config(None, ["epochs=1.5"])
+    with pytest.raises(ConfigError, match=r"tta='3'.*expected bool"):
+        load_config(None, ["tta=3"])
+    with pytest.raises(ConfigError, match=r"optimizer='adamx'.*adam, adamw, sgd"):
+        load_config(None, ["optimizer=adamx"])
+    with pytest.raises(ConfigError, match=r"learning_rate=-1\.0.*> 0"):
+        load_config(None, ["learning_rate=-1"])
+
+
+def test_yaml_errors_name_the_file_and_key(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("learning_rat: 0.1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*'learning_rat'.*learning_rate"):
+        load_config(p)
+    p.write_text("data:\n  batch_size: many\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*data\.batch_size='many'.*expected int"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_comet_key_is_never_a_config_value():
+    with pytest.raises(ConfigError, match="COMET_API_KEY"):
+        load_config(None, ["comet_api_key=abc"])
+    assert "api_key" not in ExperimentConfig().to_yaml()
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = load_config(CONFIGS / "default.yaml", ["model.kwargs.group=D4", "learning_rate=5e-4"])
+    cfg.save(tmp_path / "c.yaml")
+    back = load_config(tmp_path / "c.yaml")
+    assert back == cfg
+    assert back.config_hash() == cfg.config_hash()
+    assert yaml.safe_load((tmp_path / "c.yaml").read_text())["learning_rate"] == 5e-4
+    # the hash ignores where a run is written, but not what it computes
+    assert cfg.replace(["runs_dir=/elsewhere"]).config_hash() == cfg.config_hash()
+    assert cfg.replace(["seed=1"]).config_hash() != cfg.config_hash()
+
+
+def test_papermill_parameters_round_trip():
+    params = papermill_parameters("configs/default.yaml", ["learning_rate=1e-3", "data.crop_size=64"])
+    assert params == {"config_path": "configs/default.yaml", "overrides": ["learning_rate=1e-3", "data.crop_size=64"]}
+    assert all(isinstance(v, (str, list)) for v in params.values())
+    cfg = config_from_parameters(str(CONFIGS / "default.yaml"), params["overrides"])
+    assert cfg.learning_rate == 1e-3 and cfg.data.crop_size == 64
+    # a single string of overrides (what a notebook parameter cell may hold) works too
+    assert config_from_parameters("", "learning_rate=2e-3 seed=4").seed == 4
+    with pytest.raises(ConfigError, match="lerning_rate"):
+        papermill_parameters(None, ["lerning_rate=1"])
+
+
+def test_grid_expansion():
+    cfg = load_config(CONFIGS / "grid_example.yaml")
+    points = expand_grid(cfg)
+    assert len(points) == 2 * 2 * 2 * 2
+    assert len({p.run_id for p in points}) == len(points)
+    assert all(p.grid is None and p.name == "grid_example" for p in points)
+    p = grid_point(cfg, 13)  # moment_unet, flips_rot90, 0.5, seed 1 (last key fastest)
+    assert p.model.name == "moment_unet" and p.model.kwargs == {"width": 8, "depth": 3, "group": "D4"}
+    assert p.data.preset == "flips_rot90" and p.data.subset_fraction == 0.5 and p.seed == 1
+    assert p.learning_rate == cfg.learning_rate  # everything else comes from the base config
+    assert points[0].model.kwargs == {"width": 8, "depth": 3}  # kwargs replaced, not merged with group
+    with pytest.raises(ConfigError, match="out of range.*16 points"):
+        grid_point(cfg, 16)
+    assert expand_grid(load_config(CONFIGS / "default.yaml")) == [load_config(CONFIGS / "default.yaml")]
+    bad = load_config(None)
+    bad.grid = {"lerning_rate": [1.0]}
+    with pytest.raises(ConfigError, match="learning_rate"):
+        expand_grid(bad)
+
+
+def test_apply_overrides_validates_in_place():
+    cfg = ExperimentConfig()
+    apply_overrides(cfg, ["seed=3"])
+    assert cfg.seed == 3
+    with pytest.raises(ConfigError):
+        apply_overrides(cfg, ["data.subset_fraction=1.5"])

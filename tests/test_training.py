@@ -1,0 +1,257 @@
+"""The training engine: run folder, resume after SIGTERM, atomic checkpoints, NaN stop, DDP, CLIs."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model import register_model
+from model.unet import UNet
+from util.config import load_config
+from util.metrics import cell_detection_scores
+from util.training import (NonFiniteLossError, ResumableSampler, atomic_torch_save, evaluate, load_checkpoint,
+                           read_points_json, train)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+def tiny(root: Path, runs: Path, *overrides: str):
+    return load_config(TINY, [f"data.root={root}", f"runs_dir={runs}", *overrides])
+
+
+def run_cli(args: list[str], **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("COMET_API_KEY", None)
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, env=env,
+                          timeout=600, **kw)
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    ck = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    return ck["state_dict"]
+
+
+def check_run_folder(run_dir: Path) -> dict:
+    for name in ("config.yaml", "history.csv", "metrics.json", "env.json", "checkpoints/best.ckpt",
+                 "checkpoints/last.ckpt", "predictions/test.json", "predictions/test_gt.json"):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for split in ("test", "test_rot90", "test_flip"):
+        m = metrics[split]
+        assert 0 <= m["mF1"] <= 1
+        assert set(m["cells"]) == {"BC", "TC"} and set(m["cells"]["BC"]) >= {"precision", "recall", "f1"}
+        assert set(m["dice"]) == {"background", "BC", "TC"} and set(m["iou"]) == set(m["dice"])
+    assert metrics["parameters"] > 0 and metrics["train_wall_s"] > 0
+    assert metrics["equivariance"]["group"] == "D4" and metrics["equivariance"]["max"] >= 0
+    assert "time_to_target_s" in metrics and metrics["steps"] == metrics["max_steps"]
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["packages"]["torch"] and "git" in env and "device" in env
+    rows = list(csv.DictReader((run_dir / "history.csv").open()))
+    assert rows and {"step", "elapsed_s", "val_mF1", "train_loss"} <= set(rows[0])
+    return metrics
+
+
+def test_sampler_stream_is_resumable():
+    full = ResumableSampler(5, 2, 7, seed=3)
+    resumed = ResumableSampler(5, 2, 7, seed=3, start_batch=4)
+    items = list(full)
+    assert len(items) == 14 and list(resumed) == items[8:]
+    # every pass over the data is a permutation; passes differ
+    idx = [i for i, _ in items]
+    assert sorted(idx[:5]) == list(range(5)) and sorted(idx[5:10]) == list(range(5)) and idx[:5] != idx[5:10]
+    # two DDP ranks split each global batch without overlap
+    r0 = list(ResumableSampler(5, 2, 3, seed=3, rank=0, world_size=2))
+    r1 = list(ResumableSampler(5, 2, 3, seed=3, rank=1, world_size=2))
+    single = list(ResumableSampler(5, 4, 3, seed=3))
+    assert [r0[0], r0[1], r1[0], r1[1]] == single[:4]
+
+
+def test_train_writes_a_complete_run_folder(tiny_ocelot_root, tmp_path):
+    cfg = tiny(tiny_ocelot_root, tmp_path, "max_steps=4")
+    res = train(cfg, quiet=True)
+    assert res.run_dir.parent.parent == tmp_path and res.run_dir.parent.name == "tiny"
+    metrics = check_run_folder(res.run_dir)
+    assert load_config(res.run_dir / "config.yaml").config_hash() == cfg.config_hash()
+    # checkpoints load with weights_only=True and hold only safe types
+    ck = torch.load(res.run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    assert ck["global_step"] > 0 and any(k.startswith("model.") for k in ck["state_dict"])
+    # predictions: official OCELOT point format, and scoring them reproduces metrics.json
+    doc = json.loads((res.run_dir / "predictions" / "test.json").read_text())
+    assert doc["type"] == "Multiple points" and doc["version"] == {"major": 1, "minor": 0}
+    for p in doc["points"]:
+        assert set(p) == {"name", "point", "probability"} and p["name"].startswith("image_")
+        assert len(p["point"]) == 3 and p["point"][2] in (1, 2) and 0 <= p["probability"] <= 1
+    preds, ids = read_points_json(res.run_dir / "predictions" / "test.json")
+    gts, _ = read_points_json(res.run_dir / "predictions" / "test_gt.json")
+    assert len(ids) == 2
+    rescored = cell_detection_scores(preds, [g[:, :3] for g in gts], cutoff=15)
+    assert rescored["mF1"] == pytest.approx(metrics["test"]["mF1"], abs=1e-4)
+    # evaluate() on the run folder reproduces the test numbers (and TTA runs)
+    ev = evaluate(res.run_dir, "test", transforms=[])
+    assert ev["test"]["mF1"] == pytest.approx(metrics["test"]["mF1"], abs=1e-6)
+    # predict() on a raw image gives the points written for that image
+    from util.dataloader import OcelotDataset
+    from util.training import predict
+
+    first = OcelotDataset(tiny_ocelot_root, "test")[0]
+    direct = predict(res.run_dir, [first["image"]], mpp=first["mpp"])[0]
+    assert ids[0] == first["id"]
+    assert np.array_equal(np.rint(direct[:, :3]), preds[0][:, :3])
+    ev_tta = evaluate(res.run_dir, "test", tta=True, transforms=[])
+    assert (res.run_dir / "eval_test_tta.json").is_file() and (res.run_dir / "predictions" / "test_tta.json").is_file()
+    assert 0 <= ev_tta["test"]["mF1"] <= 1
+
+
+def test_rerun_of_a_finished_run_resumes_and_changes_nothing(tiny_ocelot_root, tmp_path):
+    cfg = tiny(tiny_ocelot_root, tmp_path, "max_steps=3", "eval_transforms=[]")
+    first = train(cfg, quiet=True)
+    w1 = final_weights(first.run_dir)
+    again = train(cfg, quiet=True)
+    assert again.run_dir == first.run_dir
+    w2 = final_weights(again.run_dir)
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    fresh = train(cfg.replace(["resume=never"]), quiet=True)
+    assert fresh.run_dir != first.run_dir and fresh.run_dir.name.startswith(first.run_dir.name)
+
+
+def test_resume_into_a_folder_with_another_config_is_refused(tiny_ocelot_root, tmp_path):
+    train(tiny(tiny_ocelot_root, tmp_path, "max_steps=2", "eval_transforms=[]", "run_id=fixed"), quiet=True)
+    with pytest.raises(ValueError, match="different configuration"):
+        train(tiny(tiny_ocelot_root, tmp_path, "max_steps=2", "eval_transforms=[]", "run_id=fixed",
+                   "learning_rate=0.1"), quiet=True)
+
+
+class _Boom:
+    def __reduce__(self):
+        raise RuntimeError("simulated crash while the checkpoint is being written")
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path):
+    path = tmp_path / "last.ckpt"
+    good = {"state_dict": {"w": torch.arange(10.0)}, "global_step": 5}
+    atomic_torch_save(good, path)
+    bad = {"state_dict": {"w": torch.zeros(1_000_000)}, "global_step": 6, "x": _Boom()}
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        atomic_torch_save(bad, path)
+    back = torch.load(path, weights_only=True)
+    assert back["global_step"] == 5 and torch.equal(back["state_dict"]["w"], good["state_dict"]["w"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary file left behind
+    # control: a plain torch.save into the same path is destroyed by the same crash
+    plain = tmp_path / "plain.ckpt"
+    torch.save(good, plain)
+    with pytest.raises(RuntimeError):
+        torch.save(bad, plain)
+    with pytest.raises(Exception):
+        torch.load(plain, weights_only=True)
+
+
+class NanAfter(UNet):
+    """A U-Net whose training forward returns NaN from its ``nan_at``-th call (0-based) on."""
+
+    def __init__(self, nan_at: int = 3, **kw):
+        super().__init__(**kw)
+        self.nan_at, self.calls = nan_at, 0
+
+    def forward(self, x):
+        y = super().forward(x)
+        if self.training:
+            self.calls += 1
+            if self.calls > self.nan_at:
+                return y * float("nan")
+        return y
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tiny_ocelot_root, tmp_path):
+    register_model("nan_after_test", NanAfter)
+    cfg = tiny(tiny_ocelot_root, tmp_path, "model.name=nan_after_test", "model.kwargs.nan_at=5", "max_steps=10",
+               "checkpoint_every_n_steps=2", "val_every_n_epochs=100")
+    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss \(nan\) at step 5\b"):
+        train(cfg, quiet=True)
+    run_dir = next((tmp_path / "tiny").iterdir())
+    ck = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert ck["global_step"] == 4
+    assert all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())
+    assert not (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_then_rerun_equals_uninterrupted(tiny_ocelot_root, tmp_path):
+    common = ["util.train", str(TINY), f"data.root={tiny_ocelot_root}", "max_steps=24", "val_every_n_epochs=5",
+              "eval_transforms=[]"]
+    ref = run_cli([*common, f"runs_dir={tmp_path / 'a'}"])
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    cmd = [sys.executable, "-m", *common, f"runs_dir={tmp_path / 'b'}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if line.startswith("step 7/"):  # mid-way through the 3rd pass over the 4 training images
+            proc.send_signal(signal.SIGTERM)
+            break
+    out.append(proc.stdout.read())
+    assert proc.wait(timeout=300) == 143, "".join(out)[-3000:]
+    run_b = next((tmp_path / "b" / "tiny").iterdir())
+    ck = load_checkpoint(run_b / "checkpoints" / "last.ckpt")  # a valid checkpoint, loadable weights-only
+    stopped_at = ck["global_step"]
+    assert 7 <= stopped_at < 24, stopped_at
+    resumed = run_cli([*common, f"runs_dir={tmp_path / 'b'}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout
+    run_a = next((tmp_path / "a" / "tiny").iterdir())
+    wa, wb = final_weights(run_a), final_weights(run_b)
+    assert wa.keys() == wb.keys()
+    diff = max((wa[k].double() - wb[k].double()).abs().max().item() for k in wa)
+    assert diff <= 1e-6, f"stopped at step {stopped_at}: max weight difference {diff}"
+    ha = list(csv.DictReader((run_a / "history.csv").open()))
+    hb = list(csv.DictReader((run_b / "history.csv").open()))
+    assert [r["step"] for r in ha] == [r["step"] for r in hb]
+    assert [float(r["val_mF1"]) for r in ha] == pytest.approx([float(r["val_mF1"]) for r in hb], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tiny_ocelot_root, tmp_path):
+    res = run_cli(["util.train", str(TINY), f"data.root={tiny_ocelot_root}", f"runs_dir={tmp_path}", "devices=2",
+                   "accelerator=cpu", "max_steps=4"])
+    assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-3000:])
+    runs = list((tmp_path / "tiny").iterdir())
+    assert len(runs) == 1, runs  # both processes used one run folder
+    check_run_folder(runs[0])
+    assert "Starting with 2 processes" in res.stdout + res.stderr
+
+
+def test_cli_reports_bad_override(tmp_path, capsys):
+    from util import evaluate as evaluate_cli
+    from util import train as train_cli
+
+    assert train_cli.main([str(TINY), "lerning_rate=0.1"]) == 1
+    assert "did you mean 'learning_rate'" in capsys.readouterr().err
+    assert train_cli.main([str(REPO / "configs" / "grid_example.yaml")]) == 1
+    assert "--grid-index" in capsys.readouterr().err
+    assert train_cli.main([str(REPO / "configs" / "grid_example.yaml"), "--list-grid"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 16
+    assert evaluate_cli.main([str(tmp_path)]) == 1
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_resume_picks_the_most_advanced_checkpoint(tmp_path):
+    from util.training import latest_checkpoint
+
+    assert latest_checkpoint(tmp_path) is None
+    atomic_torch_save({"global_step": 5}, tmp_path / "checkpoints" / "last.ckpt")
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "last.ckpt"
+    atomic_torch_save({"global_step": 7}, tmp_path / "hpc_ckpt_1.ckpt")  # Slurm pre-emption checkpoint
+    assert latest_checkpoint(tmp_path) == tmp_path / "hpc_ckpt_1.ckpt"
+    atomic_torch_save({"global_step": 7}, tmp_path / "checkpoints" / "last.ckpt")
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "last.ckpt"  # ties go to last.ckpt
+    (tmp_path / "hpc_ckpt_2.ckpt").write_bytes(b"truncated garbage")
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "last.ckpt"

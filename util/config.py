@@ -1,0 +1,555 @@
+"""One typed experiment configuration: ``ExperimentConfig`` ⇄ YAML ⇄ ``key=value`` overrides ⇄ papermill.
+
+>>> cfg = load_config("configs/default.yaml", ["learning_rate=3e-4", "data.crop_size=128",
+...                                            "model.kwargs.width=8"])  # doctest: +SKIP
+>>> cfg.save("run/config.yaml")                                            # doctest: +SKIP
+
+* YAML files hold nested mappings mirroring the dataclasses; a file may start from another with
+  ``base: other.yaml`` (path relative to the file; mappings are merged key by key).
+* Overrides are ``dotted.key=value`` strings. The value is parsed as YAML (``[1, 2]``, ``null``, ``true``) and
+  coerced to the field's declared type (``1e-3`` is a float for a float field; ``"3"`` is refused for a bool).
+  ``model.kwargs.<anything>=value`` sets a model keyword argument (free-form, YAML-typed).
+* Unknown keys raise ``ConfigError`` suggesting the nearest valid key (``lerning_rate`` → ``learning_rate``);
+  wrong types raise ``ConfigError`` naming the key, the value and the expected type.
+* Papermill: :func:`papermill_parameters` gives the flat dict of plain values a notebook receives
+  (``config_path`` and a list of ``overrides``); :func:`config_from_parameters` turns it back into a config.
+* Grids: a ``grid:`` mapping of ``key: [values...]`` (a value may be a mapping, e.g. a whole ``model``)
+  expands with :func:`expand_grid` into the Cartesian product (last key varies fastest);
+  :func:`grid_point` picks the N-th point (what a Slurm array task runs).
+
+The Comet API key is never part of a config: it comes only from ``COMET_API_KEY`` or Comet's own config file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import itertools
+import json
+import shlex
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence, Union
+
+import yaml
+
+from util.dataloader import DataConfig
+
+
+class ConfigError(ValueError):
+    """A bad configuration key or value; the message names it."""
+
+
+@dataclass
+class ModelConfig:
+    """Which model to build: ``model.build_model(name, **kwargs)`` (``num_classes`` is always 3)."""
+
+    name: str = "unet"
+    kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 16, "depth": 3})
+
+
+@dataclass
+class DetectionConfig:
+    """Cell detection from probability maps and the matching cut-off, in µm (converted with each sample's mpp)."""
+
+    min_distance_um: float = 1.6  #: 8 px at 0.2 µm/px
+    threshold: float = 0.5
+    sigma_um: float = 0.4  #: 2 px at 0.2 µm/px
+    cutoff_um: float = 3.0  #: the OCELOT cut-off: 15 px at 0.2 µm/px
+
+
+@dataclass
+class InferenceConfig:
+    """Full-image prediction: sliding window (``tile_size``: None = whole image at once) and TTA."""
+
+    tile_size: int | None = 512
+    overlap: float = 0.25
+    blend: str = "valid"
+    sw_batch_size: int = 4
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything one training run needs. Field docs are in ``configs/default.yaml``."""
+
+    name: str = "default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    # schedule length: max_steps wins when set; otherwise epochs
+    epochs: int = 20
+    max_steps: int | None = None
+    # optimisation
+    optimizer: str = "adamw"
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    loss: str = "dice_ce"
+    lambda_dice: float = 1.0
+    lambda_ce: float = 1.0
+    class_weights: list[float] | None = None
+    # reproducibility and hardware
+    seed: int = 0
+    deterministic: bool = True
+    precision: str = "auto"
+    accelerator: str = "auto"
+    devices: Union[int, str] = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    # evaluation
+    val_every_n_epochs: int = 1
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    tta: bool = False
+    eval_transforms: list[str] = field(default_factory=lambda: ["rot90", "flip"])
+    target_mf1: float | None = 0.6
+    # runs, checkpoints, tracking
+    runs_dir: str = "runs"
+    run_id: str | None = None
+    resume: str = "auto"
+    checkpoint_every_n_steps: int | None = None
+    tracking: str = "auto"
+    comet_project: str = "equivariant-ocelot"
+    comet_workspace: str | None = None
+    log_every_n_steps: int = 10
+    progress_bar: bool = True
+    grid: dict[str, list] | None = None
+
+    # ------------------------------------------------------------------ conversions
+    def to_dict(self) -> dict:
+        """Plain nested dict (YAML/JSON-serialisable)."""
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        """Write the fully resolved config as YAML."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(self.to_yaml())
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "ExperimentConfig":
+        cfg = cls()
+        _apply_mapping(cfg, d, prefix="", source=source)
+        validate(cfg)
+        return cfg
+
+    def replace(self, overrides: Iterable[str] = ()) -> "ExperimentConfig":
+        """A copy with ``key=value`` overrides applied."""
+        new = ExperimentConfig.from_dict(self.to_dict())
+        apply_overrides(new, overrides)
+        return new
+
+    def config_hash(self) -> str:
+        """8 hex digits identifying what the run computes (ignores paths, run id, tracking, UI, workers, devices)."""
+        d = self.to_dict()
+        for k in ("runs_dir", "run_id", "resume", "tracking", "comet_project", "comet_workspace",
+                  "progress_bar", "log_every_n_steps", "grid", "devices", "num_nodes", "strategy", "accelerator",
+                  "checkpoint_every_n_steps"):
+            d.pop(k, None)
+        d["data"].pop("num_workers", None)
+        d["data"].pop("manifest_dir", None)
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+
+#: allowed values of string fields with a fixed vocabulary
+CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer": ("adam", "adamw", "sgd"),
+    "schedule": ("none", "cosine", "onecycle", "step"),
+    "loss": ("dice_ce", "ce", "dice"),
+    "precision": ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "64-true"),
+    "accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
+    "resume": ("auto", "never"),  # or a checkpoint path (checked in validate)
+    "tracking": ("auto", "csv", "online", "offline"),
+    "inference.blend": ("valid", "gaussian", "constant"),
+    "data.preset": ("none", "flips_rot90", "rotate_any", "full"),
+}
+EVAL_TRANSFORMS = ("rot90", "rot180", "rot270", "flip", "rot45")
+
+
+# ------------------------------------------------------------------------------------------ typing helpers
+def _hints(obj) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj) if not isinstance(obj, type) else obj)
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "None"
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+class _CoerceError(Exception):
+    pass
+
+
+def _coerce(value: Any, tp) -> Any:
+    """``value`` converted to type ``tp`` or ``_CoerceError``. Strings are parsed when the type asks for it."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
+            if type(None) in args:
+                return None
+        for a in args:  # first match wins, in declaration order
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a)
+            except _CoerceError:
+                continue
+        raise _CoerceError
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _CoerceError
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "false", "no", "off"):
+            return value.lower() in ("true", "yes", "on")
+        raise _CoerceError
+    if tp is int:
+        if isinstance(value, bool):
+            raise _CoerceError
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise _CoerceError from None
+        raise _CoerceError
+    if tp is float:
+        if isinstance(value, bool):
+            raise _CoerceError
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise _CoerceError from None
+        raise _CoerceError
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. a run name "1"
+        raise _CoerceError
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str):
+            value = _parse_scalar(value)
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise _CoerceError
+        return [_coerce(v, item_tp) for v in value]
+    if origin is dict:
+        if isinstance(value, str):
+            value = _parse_scalar(value)
+        if not isinstance(value, dict):
+            raise _CoerceError
+        return dict(value)
+    raise _CoerceError
+
+
+def _parse_scalar(text: str) -> Any:
+    """YAML-parse an override value; plain text stays text."""
+    try:
+        return yaml.safe_load(text) if text.strip() != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def valid_keys(obj: Any = None, prefix: str = "") -> list[str]:
+    """All dotted keys of a config (dataclass fields, recursively)."""
+    obj = obj if obj is not None else ExperimentConfig()
+    keys: list[str] = []
+    for f in dataclasses.fields(obj):
+        key = prefix + f.name
+        keys.append(key)
+        val = getattr(obj, f.name)
+        if dataclasses.is_dataclass(val):
+            keys.extend(valid_keys(val, key + "."))
+    return keys
+
+
+def _unknown(key: str, candidates: Sequence[str], source: str) -> ConfigError:
+    all_keys = valid_keys()
+    close = difflib.get_close_matches(key, all_keys, n=3, cutoff=0.6) or \
+        difflib.get_close_matches(key.split(".")[-1], list(candidates), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else \
+        f"; valid keys here: {', '.join(sorted(candidates))}"
+    if "api_key" in key.lower() or "comet_key" in key.lower():
+        hint += " (the Comet API key is never a config value: set COMET_API_KEY in the environment)"
+    return ConfigError(f"{source}: unknown config key {key!r}{hint}")
+
+
+def _set(obj: Any, parts: list[str], value: Any, full_key: str, source: str, from_text: bool) -> None:
+    """Set ``obj.<parts>`` to ``value`` with type coercion; dict fields accept free-form sub-keys."""
+    names = {f.name for f in dataclasses.fields(obj)}
+    head = parts[0]
+    if head not in names:
+        prefix = full_key[: len(full_key) - len(".".join(parts))]
+        raise _unknown(full_key, [prefix + n for n in names], source)
+    tp = _hints(obj)[head]
+    current = getattr(obj, head)
+    if len(parts) > 1:
+        if dataclasses.is_dataclass(current):
+            return _set(current, parts[1:], value, full_key, source, from_text)
+        if isinstance(current, dict) or (current is None and typing.get_origin(tp) in (dict,)):
+            d = current if isinstance(current, dict) else {}
+            target = d
+            for p in parts[1:-1]:
+                target = target.setdefault(p, {})
+            target[parts[-1]] = _parse_scalar(value) if from_text and isinstance(value, str) else value
+            setattr(obj, head, d)
+            return
+        raise ConfigError(f"{source}: {full_key!r}: {head!r} has no sub-keys (it is a {_type_name(tp)})")
+    if dataclasses.is_dataclass(current):
+        if isinstance(value, str) and from_text:
+            value = _parse_scalar(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {full_key!r} is a section; set its keys ({full_key}.<key>=...) "
+                              f"or give a mapping, got {value!r}")
+        _apply_mapping(current, value, prefix=full_key + ".", source=source)
+        return
+    raw = value
+    if from_text and isinstance(value, str) and tp is not str and typing.get_origin(tp) is None \
+            and tp not in (int, float, bool):
+        value = _parse_scalar(value)
+    try:
+        coerced = _coerce(value, tp)
+    except _CoerceError:
+        raise ConfigError(f"{source}: {full_key}={raw!r} has the wrong type: expected {_type_name(tp)}, "
+                          f"got {type(raw).__name__} {raw!r}") from None
+    setattr(obj, head, coerced)
+
+
+def _apply_mapping(obj: Any, mapping: dict, prefix: str, source: str) -> None:
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{source}: expected a mapping at {prefix.rstrip('.') or 'top level'}, "
+                          f"got {type(mapping).__name__}")
+    for k, v in mapping.items():
+        key = f"{prefix}{k}"
+        head_is_section = dataclasses.is_dataclass(getattr(obj, str(k), None))
+        if head_is_section and isinstance(v, dict):
+            _apply_mapping(getattr(obj, str(k)), v, key + ".", source)
+        else:
+            _set(obj, [str(k)], v, key, source, from_text=False)
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: Iterable[str] | str, source: str = "override") -> \
+        ExperimentConfig:
+    """Apply ``key=value`` strings to ``cfg`` in place (and return it); validates the result."""
+    if isinstance(overrides, str):
+        overrides = shlex.split(overrides)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{source}: {item!r} is not of the form key=value (e.g. learning_rate=1e-3)")
+        key, value = item.split("=", 1)
+        key = key.strip().lstrip("-")
+        if not key:
+            raise ConfigError(f"{source}: {item!r} has an empty key")
+        _set(cfg, key.split("."), value, key, source, from_text=True)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Check value ranges and choices; raise ``ConfigError`` naming the key and value."""
+    def bad(key: str, val: Any, why: str) -> ConfigError:
+        return ConfigError(f"{key}={val!r}: {why}")
+
+    for key, choices in CHOICES.items():
+        obj, attr = cfg, key
+        if "." in key:
+            sec, attr = key.split(".")
+            obj = getattr(cfg, sec)
+        val = getattr(obj, attr)
+        if key == "resume" and val not in choices:
+            continue  # a checkpoint path, checked when used
+        if val not in choices:
+            close = difflib.get_close_matches(str(val), choices, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise bad(key, val, f"expected one of {', '.join(choices)}{hint}")
+    positive = {"learning_rate": cfg.learning_rate, "epochs": cfg.epochs, "data.batch_size": cfg.data.batch_size,
+                "detection.cutoff_um": cfg.detection.cutoff_um,
+                "detection.min_distance_um": cfg.detection.min_distance_um,
+                "val_every_n_epochs": cfg.val_every_n_epochs, "log_every_n_steps": cfg.log_every_n_steps}
+    for key, val in positive.items():
+        if not val > 0:
+            raise bad(key, val, "must be > 0")
+    if cfg.max_steps is not None and cfg.max_steps <= 0:
+        raise bad("max_steps", cfg.max_steps, "must be > 0 or null")
+    if not 0 < cfg.data.subset_fraction <= 1:
+        raise bad("data.subset_fraction", cfg.data.subset_fraction, "must be in (0, 1]")
+    if not 0 <= cfg.inference.overlap < 1:
+        raise bad("inference.overlap", cfg.inference.overlap, "must be in [0, 1)")
+    if cfg.weight_decay < 0:
+        raise bad("weight_decay", cfg.weight_decay, "must be >= 0")
+    for t in cfg.eval_transforms:
+        if t not in EVAL_TRANSFORMS:
+            raise bad("eval_transforms", t, f"expected items from {', '.join(EVAL_TRANSFORMS)}")
+    if isinstance(cfg.devices, str) and cfg.devices != "auto":
+        raise bad("devices", cfg.devices, "expected an integer or 'auto'")
+    if isinstance(cfg.devices, int) and cfg.devices < 1:
+        raise bad("devices", cfg.devices, "must be >= 1")
+    if not isinstance(cfg.model.kwargs, dict):
+        raise bad("model.kwargs", cfg.model.kwargs, "expected a mapping of model keyword arguments")
+    if "num_classes" in cfg.model.kwargs and cfg.model.kwargs["num_classes"] != 3:
+        raise bad("model.kwargs.num_classes", cfg.model.kwargs["num_classes"], "OCELOT has 3 classes (0, BC, TC)")
+    for k in cfg.model.kwargs:
+        if "key" in k.lower() and "api" in k.lower():
+            raise ConfigError(f"model.kwargs.{k}: secrets do not belong in a config")
+    if cfg.class_weights is not None and len(cfg.class_weights) != 3:
+        raise bad("class_weights", cfg.class_weights, "expected 3 weights (none, BC, TC)")
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base:' chain loops back to itself")
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(d).__name__}")
+    base = d.pop("base", None)
+    if base:
+        base_d = _read_yaml((path.parent / base), seen + (path.resolve(),))
+        d = _deep_merge(base_d, d)
+    return d
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "grid":
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] | str = ()) -> ExperimentConfig:
+    """Defaults ← YAML file (if any) ← ``key=value`` overrides; validated."""
+    d = _read_yaml(Path(path)) if path else {}
+    cfg = ExperimentConfig.from_dict(d, source=str(path) if path else "defaults")
+    return apply_overrides(cfg, overrides)
+
+
+# --------------------------------------------------------------------------------------------- papermill
+def papermill_parameters(config_path: str | Path | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The flat dict of plain values passed to a notebook with ``papermill -p`` / ``parameters=``.
+
+    Validates eagerly so a bad override fails before a job is queued.
+    """
+    load_config(config_path, overrides)
+    return {"config_path": str(config_path) if config_path else "", "overrides": [str(o) for o in overrides]}
+
+
+def config_from_parameters(config_path: str | None = None, overrides: Sequence[str] | str = ()) \
+        -> ExperimentConfig:
+    """Inverse of :func:`papermill_parameters` (called in the notebook's first cell)."""
+    return load_config(config_path or None, overrides)
+
+
+# ------------------------------------------------------------------------------------------------- grids
+def _grid_label(value: Any) -> str:
+    if isinstance(value, dict):
+        parts = [str(value.get("name", ""))] + [f"{k}{v}" for k, v in sorted(value.get("kwargs", {}).items())
+                                                if k in ("group", "width", "backend")]
+        s = "-".join(p for p in parts if p) or hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest()[:6]
+    else:
+        s = str(value)
+    return "".join(c if c.isalnum() or c in "._" else "-" for c in s)
+
+
+def expand_grid(config: ExperimentConfig) -> list[ExperimentConfig]:
+    """The Cartesian product of ``config.grid`` (``{dotted key: [values]}``), one config per point.
+
+    A mapping value sets a whole section (e.g. ``model: {name: moment_unet, kwargs: {group: D4}}``; ``kwargs``
+    is replaced, not merged). Each point gets ``grid = None`` and ``run_id = "gNNN-<labels>"``; the ``name``
+    stays the grid's name so all points live under ``runs/<name>/``. No grid → ``[config]``.
+    """
+    if not config.grid:
+        return [config]
+    if not isinstance(config.grid, dict):
+        raise ConfigError(f"grid: expected a mapping of key -> list of values, got {config.grid!r}")
+    keys = list(config.grid)
+    values = []
+    for k in keys:
+        v = config.grid[k]
+        if not isinstance(v, list) or not v:
+            raise ConfigError(f"grid.{k}: expected a non-empty list of values, got {v!r}")
+        values.append(v)
+    base = config.to_dict()
+    base["grid"] = None
+    points = []
+    for i, combo in enumerate(itertools.product(*values)):
+        cfg = ExperimentConfig.from_dict(base, source="grid base")
+        for k, v in zip(keys, combo):
+            if isinstance(v, dict):
+                section = getattr(cfg, k, None) if "." not in k else None
+                if section is not None and dataclasses.is_dataclass(section):
+                    fresh = type(section)()
+                    # start from the base section, but replace dict-valued fields given in v
+                    for f in dataclasses.fields(section):
+                        setattr(fresh, f.name, getattr(section, f.name))
+                    for sub, subv in v.items():
+                        _set(fresh, [str(sub)], subv, f"grid.{k}.{sub}", "grid", from_text=False)
+                    setattr(cfg, k, fresh)
+                    continue
+            _set(cfg, k.split("."), v, f"grid.{k}", "grid", from_text=False)
+        validate(cfg)
+        label = "-".join(_grid_label(v) for v in combo)
+        cfg.run_id = f"g{i:03d}-{label}"[:120]
+        points.append(cfg)
+    return points
+
+
+def grid_size(config: ExperimentConfig) -> int:
+    return len(expand_grid(config))
+
+
+def grid_point(config: ExperimentConfig, index: int) -> ExperimentConfig:
+    """The ``index``-th point (0-based) of :func:`expand_grid` (e.g. ``$SLURM_ARRAY_TASK_ID``)."""
+    points = expand_grid(config)
+    if not 0 <= index < len(points):
+        raise ConfigError(f"grid point {index} out of range: the grid has {len(points)} points (0..{len(points) - 1})")
+    return points[index]
+
+
+__all__ = ["ExperimentConfig", "ModelConfig", "DetectionConfig", "InferenceConfig", "DataConfig", "ConfigError",
+           "load_config", "apply_overrides", "validate", "valid_keys", "papermill_parameters",
+           "config_from_parameters", "expand_grid", "grid_point", "grid_size", "CHOICES"]
