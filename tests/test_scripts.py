@@ -1,0 +1,234 @@
+"""The shell scripts: shellcheck-clean, ``--help`` prints usage, ``jupyter_tunnel.sh --local`` serves.
+
+Slurm submission of the same scripts is tested in ``tests/test_slurm.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ["train.sh", "jupyter_tunnel.sh", "tests/slurm_cluster.sh"]
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.fixture(scope="session")
+def shellcheck() -> str:
+    """The shellcheck binary; installed with apt-get (Debian package ``shellcheck``) when missing."""
+    exe = shutil.which("shellcheck")
+    if exe:
+        return exe
+    why = "shellcheck is not installed"
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "shellcheck"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        if proc.returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=600)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        exe = shutil.which("shellcheck")
+        if exe:
+            return exe
+        why += f" and apt-get could not install it: {proc.stderr.strip()[-400:]}"
+    else:
+        why += " and cannot be installed here (needs root and apt-get)"
+    if _truthy(os.environ.get("CI")):
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_shellcheck_clean(shellcheck, script):
+    proc = subprocess.run(
+        [shellcheck, "--severity=style", "--shell=bash", "--external-sources", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("script", ["train.sh", "jupyter_tunnel.sh", "tests/slurm_cluster.sh"])
+def test_help_prints_usage(script):
+    proc = subprocess.run(["bash", script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage" in proc.stdout or "usage" in proc.stdout
+    assert "sbatch" in proc.stdout or script.startswith("tests/")
+
+
+@pytest.mark.parametrize("script", ["train.sh", "jupyter_tunnel.sh"])
+def test_sbatch_header(script):
+    """One GPU, a log under logs/, and (for train.sh) requeue + a warning signal before the time limit."""
+    header = [
+        line for line in (ROOT / script).read_text().splitlines() if line.startswith("#SBATCH")
+    ]
+    text = "\n".join(header)
+    for option in ("--job-name=", "--time=", "--gres=gpu:1", "--cpus-per-task=", "--mem=", "--output=logs/"):
+        assert option in text, f"{script}: no {option} in the #SBATCH header"
+    if script == "train.sh":
+        assert "--requeue" in text
+        assert "--signal=B:USR1@" in text
+
+
+@pytest.mark.parametrize("script", ["train.sh", "jupyter_tunnel.sh"])
+def test_unknown_option_is_refused(script):
+    proc = subprocess.run(
+        ["bash", script, "--no-such-option"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert "--help" in proc.stderr
+
+
+def read_details(path: Path) -> dict[str, str]:
+    """The ``KEY=value`` / ``KEY='value'`` lines of a jupyter_tunnel.sh details file."""
+    details = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition("=")
+        details[key] = value.strip("'")
+    return details
+
+
+def http_status(url: str, token: str | None = None) -> int:
+    headers = {"Authorization": f"token {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def wait_for_file(path: Path, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_size > 0:
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"exited with {proc.returncode} before writing {path}")
+        time.sleep(0.25)
+    raise AssertionError(f"{path} did not appear within {timeout} s")
+
+
+def port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.slow
+def test_jupyter_tunnel_local(tmp_path):
+    """``--local``: 200 on /api/status with the token, 403 without; details file mode 600; stops cleanly."""
+    details_dir = tmp_path / "details"
+    env = dict(os.environ, JUPYTER_DETAILS_DIR=str(details_dir))
+    env.pop("JUPYTER_TOKEN", None)
+    log = (tmp_path / "jupyter.log").open("w")
+    proc = subprocess.Popen(
+        ["bash", "jupyter_tunnel.sh", "--local"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        details_file = details_dir / f"jupyter-local-{proc.pid}.env"
+        wait_for_file(details_file, timeout=180, proc=proc)
+        details = read_details(details_file)
+        port, token = int(details["JUPYTER_PORT"]), details["JUPYTER_TOKEN"]
+        assert len(token) >= 32
+        assert stat.S_IMODE(details_file.stat().st_mode) == 0o600
+        assert stat.S_IMODE(details_dir.stat().st_mode) == 0o700
+        status_url = f"http://127.0.0.1:{port}/api/status"
+        assert http_status(status_url, token) == 200
+        assert http_status(f"{status_url}?token={token}") == 200
+        assert http_status(status_url) == 403
+        assert http_status(status_url, "not-the-token") == 403
+        out = (tmp_path / "jupyter.log").read_text()
+        assert f"http://localhost:{port}/lab?token={token}" in out
+        assert details["JUPYTER_URL"] == f"http://localhost:{port}/lab?token={token}"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    assert proc.returncode == 143  # ended by our SIGTERM, not by an error
+    assert not details_file.exists(), "the details file should be removed when the server stops"
+    deadline = time.monotonic() + 10
+    while port_open(port) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert not port_open(port), "Jupyter still listens after the script was stopped"
+
+
+# ------------------------------------------------------------------------------- train.sh without Slurm
+def _local_env() -> dict:
+    """The environment without Slurm job variables (as on a laptop), whatever runs the tests."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+
+
+def test_train_sh_dry_run_names_the_run_folder(tiny_ocelot_root, tmp_path):
+    """``--dry-run`` prints the papermill command and the run folder the notebook will use."""
+    from util.config import load_config
+    from util.training import resolve_run_dir
+
+    overrides = [f"data.root={tiny_ocelot_root}", f"runs_dir={tmp_path / 'runs'}", "model.kwargs.width=8"]
+    proc = subprocess.run(
+        ["bash", "train.sh", "--dry-run", "configs/tiny.yaml", *overrides],
+        cwd=ROOT, env=_local_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    run_dir = resolve_run_dir(load_config("configs/tiny.yaml", overrides))
+    assert f"train.sh: run folder {run_dir}" in proc.stdout
+    assert "papermill v1_0.ipynb" in proc.stdout and str(run_dir / "v1_0.ipynb") in proc.stdout
+    assert not (tmp_path / "runs").exists(), "a dry run must not create anything"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["configs/tiny.yaml", "lerning_rate=0.1"], "learning_rate"),  # misspelt key: refused with a hint
+        (["configs/no_such.yaml"], "not found"),
+        (["configs/tiny.yaml", "notakeyvalue"], "key=value"),
+        (["configs/grid_example.yaml"], "array job"),  # a grid needs SLURM_ARRAY_TASK_ID
+    ],
+)
+def test_train_sh_refuses_bad_arguments(args, message):
+    proc = subprocess.run(
+        ["bash", "train.sh", "--dry-run", *args], cwd=ROOT, env=_local_env(), capture_output=True, text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr
+
+
+@pytest.mark.slow
+def test_train_sh_runs_locally(tiny_ocelot_root, tmp_path):
+    """``bash train.sh CONFIG key=value ...`` without Slurm: the same papermill run, into the run folder."""
+    runs = tmp_path / "runs"
+    proc = subprocess.run(
+        ["bash", "train.sh", "configs/tiny.yaml", f"data.root={tiny_ocelot_root}", f"runs_dir={runs}"],
+        cwd=ROOT, env=_local_env(), capture_output=True, text=True, timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run_dir,) = [p.parent for p in runs.glob("*/*/config.yaml")]
+    for rel in ("config.yaml", "metrics.json", "checkpoints/last.ckpt", "v1_0.ipynb", "figures/learning_curves.png"):
+        assert (run_dir / rel).is_file(), rel
+    assert f"train.sh: done; run folder {run_dir}" in proc.stdout
