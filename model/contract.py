@@ -11,7 +11,7 @@ padding on each axis is even (the same amount on both sides).
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def check_input(x: object, in_channels: int, multiple: int, pad: bool, model_name: str) -> None:
@@ -99,7 +99,6 @@ def same_padding(kernel_size: int) -> int:
     return kernel_size // 2
 
 
-__all__ = ["check_input", "pad_to_multiple", "crop_padding", "ContractMixin", "same_padding"]
 
 
 def level_channels(width: float, depth: int, multiple: int = 1) -> list[int]:
@@ -113,3 +112,42 @@ def level_channels(width: float, depth: int, multiple: int = 1) -> list[int]:
     if width <= 0:
         raise ValueError(f"width must be > 0, got {width}")
     return [max(multiple, multiple * round(width * 2**i / multiple)) for i in range(depth + 1)]
+
+
+class UNetBase(ContractMixin, nn.Module):
+    """The U-Net diagram every model here shares; subclasses build ``inc``, ``downs``, ``ups`` and ``head``.
+
+    ``forward`` checks the input (see :class:`ContractMixin`), then::
+
+        skips = [inc(x)], downs[i](skips[-1]) appended per level; y = deepest;
+        y = ups[j](y, skip) from deep to shallow; logits = head(y)
+
+    Models on other tensor types (escnn's ``GeometricTensor``) override :meth:`wrap_input` and
+    :meth:`unwrap_output`.
+    """
+
+    inc: nn.Module
+    downs: nn.ModuleList
+    ups: nn.ModuleList
+    head: nn.Module
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._run(x, self._forward)
+
+    def wrap_input(self, x: Tensor):
+        return x
+
+    def unwrap_output(self, y) -> Tensor:
+        return y
+
+    def _forward(self, x: Tensor) -> Tensor:
+        skips = [self.inc(self.wrap_input(x))]
+        for down in self.downs:
+            skips.append(down(skips[-1]))
+        y = skips.pop()
+        for up in self.ups:
+            y = up(y, skips.pop())
+        return self.unwrap_output(self.head(y))
+
+
+__all__ = ["check_input", "pad_to_multiple", "crop_padding", "ContractMixin", "same_padding", "level_channels", "UNetBase"]

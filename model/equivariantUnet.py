@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .contract import ContractMixin, level_channels
+from .contract import UNetBase, level_channels
 from .equivariant import (MOMENT_GROUPS, FieldAvgPool2d, FieldBatchNorm, FieldNonlinearity, FieldType,
                           FieldUpsample, MomentConv2d, cat_fields, fold_conv_norm)
 
@@ -100,7 +100,7 @@ class MomentUpCat(nn.Module):
         return self.convs(y)
 
 
-class MomentUNet(ContractMixin, nn.Module):
+class MomentUNet(UNetBase):
     """U-Net of moment-kernel layers, exactly equivariant to D4 (or C4).
 
     Args:
@@ -149,18 +149,6 @@ class MomentUNet(ContractMixin, nn.Module):
             ups.append(MomentUpCat(types[i + 1], types[i], half, types[i], final, upsample=upsample, **kw))
         self.ups = nn.ModuleList(ups)
         self.head = MomentConv2d(FieldType(chans[0], 0), FieldType(num_classes, 0), 1, group, bias=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._run(x, self._forward)
-
-    def _forward(self, x: Tensor) -> Tensor:
-        skips = [self.inc(x)]
-        for down in self.downs:
-            skips.append(down(skips[-1]))
-        y = skips.pop()
-        for up in self.ups:
-            y = up(y, skips.pop())
-        return self.head(y)
 
 
 #: Seed name kept so old experiment code keeps working.

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .contract import ContractMixin, level_channels, same_padding
+from .contract import UNetBase, level_channels, same_padding
 
 from . import escnn_compat as _compat
 
@@ -215,7 +215,7 @@ class ExportedUp(nn.Module):
         return self.convs(torch.cat([skip, self.up(x)], dim=1))
 
 
-class ExportedEscnnUNet(ContractMixin, nn.Module):
+class ExportedEscnnUNet(UNetBase):
     """Plain-torch copy of an :class:`EscnnUNet` (from :meth:`EscnnUNet.export`); needs no escnn.
 
     Build it from ``EscnnUNet.export().config`` (a dict of plain values) and load a saved ``state_dict``::
@@ -250,18 +250,6 @@ class ExportedEscnnUNet(ContractMixin, nn.Module):
             for i in reversed(range(depth))
         )
         self.head = nn.Sequential(GroupMaxPool(n), nn.Conv2d(fields[0], num_classes, 1, bias=True))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._run(x, self._forward)
-
-    def _forward(self, x: Tensor) -> Tensor:
-        skips = [self.inc(x)]
-        for down in self.downs:
-            skips.append(down(skips[-1]))
-        y = skips.pop()
-        for up in self.ups:
-            y = up(y, skips.pop())
-        return self.head(y)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -328,7 +316,7 @@ def he_init_(conv: nn.Module, gain: float = 2.0) -> None:
         conv.bias.zero_()
 
 
-class EscnnUNet(ContractMixin, nn.Module):
+class EscnnUNet(UNetBase):
     """Steerable U-Net with regular feature fields of a planar group, on escnn or e2cnn.
 
     Args:
@@ -451,18 +439,11 @@ class EscnnUNet(ContractMixin, nn.Module):
         return cls(ftype, kernel_size=2)
 
     # -- forward -------------------------------------------------------------------------------------------------
-    def forward(self, x: Tensor) -> Tensor:
-        return self._run(x, self._forward)
+    def wrap_input(self, x: Tensor):
+        return self._enn.GeometricTensor(x, self.in_type)
 
-    def _forward(self, x: Tensor) -> Tensor:
-        enn = self._enn
-        skips = [self.inc(enn.GeometricTensor(x, self.in_type))]
-        for down in self.downs:
-            skips.append(down(skips[-1]))
-        y = skips.pop()
-        for up in self.ups:
-            y = up(y, skips.pop())
-        return self.head(y).tensor
+    def unwrap_output(self, y) -> Tensor:
+        return y.tensor
 
     # -- export --------------------------------------------------------------------------------------------------
     def export_config(self) -> dict:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .contract import ContractMixin, level_channels, same_padding
+from .contract import UNetBase, level_channels, same_padding
 
 UPSAMPLE_MODES = ("nearest", "bilinear", "deconv")
 NORMS = ("batch", "instance", "group", "none")
@@ -98,7 +98,7 @@ class UpCat(nn.Module):
         return self.convs(torch.cat([skip, self.up(x)], dim=1))
 
 
-class UNet(ContractMixin, nn.Module):
+class UNet(UNetBase):
     """Plain U-Net for per-pixel classification.
 
     Args:
@@ -133,18 +133,6 @@ class UNet(ContractMixin, nn.Module):
             UpCat(chans[i + 1], chans[i], chans[i], kernel_size, norm, upsample) for i in reversed(range(depth))
         )
         self.head = nn.Conv2d(chans[0], num_classes, kernel_size=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._run(x, self._forward)
-
-    def _forward(self, x: Tensor) -> Tensor:
-        skips = [self.inc(x)]
-        for down in self.downs:
-            skips.append(down(skips[-1]))
-        y = skips.pop()
-        for up in self.ups:
-            y = up(y, skips.pop())
-        return self.head(y)
 
 
 #: Seed name kept so old experiment code keeps working.
