@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,59 +27,15 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import forward_ms, train_step_ms  # noqa: E402
 from model import count_parameters, width_for_params  # noqa: E402
 from model.escnnUnet import EscnnUNet  # noqa: E402
 from model.unet import UNet  # noqa: E402
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def time_call(fn, device: str, repeats: int, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` in milliseconds (after ``warmup`` calls)."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
-
-
-def train_step_ms(model: torch.nn.Module, x: torch.Tensor, device: str, repeats: int) -> float:
-    """Median time of one optimisation step (forward, cross-entropy, backward, Adam) in ms."""
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    target = torch.randint(0, 3, (x.shape[0], *x.shape[-2:]), device=x.device)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), target).backward()
-        opt.step()
-
-    return time_call(step, device, repeats)
-
-
-def eval_ms(model: torch.nn.Module, x: torch.Tensor, device: str, repeats: int) -> float:
-    """Median time of an eval-mode forward without gradients, in ms."""
-    model.eval()
-
-    def fwd():
-        with torch.no_grad():
-            model(x)
-
-    return time_call(fwd, device, repeats)
 
 
 def speed_rows(quick: bool, device: str, groups=("D4",), backends=("escnn",)) -> list[dict]:
@@ -96,7 +51,7 @@ def speed_rows(quick: bool, device: str, groups=("D4",), backends=("escnn",)) ->
     def plain(width: int) -> tuple[float, float, int]:
         if width not in plain_cache:
             net = UNet(width=width, depth=depth).to(device)
-            plain_cache[width] = (train_step_ms(net, x, device, repeats), eval_ms(net, x, device, repeats),
+            plain_cache[width] = (train_step_ms(net, x, repeats, device, num_classes=3), forward_ms(net, x, repeats, device),
                                   count_parameters(net))
         return plain_cache[width]
 
@@ -109,9 +64,9 @@ def speed_rows(quick: bool, device: str, groups=("D4",), backends=("escnn",)) ->
                 t0 = time.perf_counter()
                 net = EscnnUNet(width=width, depth=depth, group=group, backend=backend).to(device)
                 build_s = time.perf_counter() - t0
-                tr, ev = train_step_ms(net, x, device, repeats), eval_ms(net, x, device, repeats)
+                tr, ev = train_step_ms(net, x, repeats, device, num_classes=3), forward_ms(net, x, repeats, device)
                 exported = net.export()
-                ex = eval_ms(exported, x, device, repeats)
+                ex = forward_ms(exported, x, repeats, device)
                 # plain reference: same width (equal channels per level) and, for equal params, the default net
                 p_tr, p_ev, p_params = plain(32)
                 s_tr, s_ev, _ = plain(width)  # same channels per level as this escnn net (for the export ratio)
