@@ -11,11 +11,10 @@ import signal
 import stat
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
+from tunnel_helpers import http_status, read_details
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["train.sh", "jupyter_tunnel.sh", "tests/slurm_cluster.sh"]
@@ -91,24 +90,6 @@ def test_unknown_option_is_refused(script):
     )
     assert proc.returncode == 2
     assert "--help" in proc.stderr
-
-
-def read_details(path: Path) -> dict[str, str]:
-    """The ``KEY=value`` / ``KEY='value'`` lines of a jupyter_tunnel.sh details file."""
-    details = {}
-    for line in path.read_text().splitlines():
-        key, _, value = line.partition("=")
-        details[key] = value.strip("'")
-    return details
-
-
-def http_status(url: str, token: str | None = None) -> int:
-    headers = {"Authorization": f"token {token}"} if token else {}
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
 
 
 def wait_for_file(path: Path, timeout: float, proc: subprocess.Popen | None = None) -> None:

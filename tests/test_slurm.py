@@ -16,17 +16,14 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
+from tunnel_helpers import http_status, read_details
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_SCRIPT = ROOT / "tests" / "slurm_cluster.sh"
@@ -194,23 +191,6 @@ def test_gres_override_for_gpu_less_node(slurm_conf, tmp_path):
 
 
 # ------------------------------------------------------------------------------- jupyter_tunnel.sh
-def _read_details(path: Path) -> dict[str, str]:
-    details = {}
-    for line in path.read_text().splitlines():
-        key, _, value = line.partition("=")
-        details[key] = value.strip("'")
-    return details
-
-
-def _http_status(url: str, token: str | None = None) -> int:
-    headers = {"Authorization": f"token {token}"} if token else {}
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-
-
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1)
@@ -249,7 +229,7 @@ def test_jupyter_tunnel_job(slurm_conf, tmp_path):
             )
             assert time.monotonic() < deadline, "no details file after 180 s"
             time.sleep(0.25)
-        details = _read_details(details_file)
+        details = read_details(details_file)
         port = int(details["JUPYTER_PORT"])
         assert details["JUPYTER_TOKEN"] == token
         assert stat.S_IMODE(details_file.stat().st_mode) == 0o600
@@ -264,8 +244,8 @@ def test_jupyter_tunnel_job(slurm_conf, tmp_path):
         assert ssh_line in text
         assert f"http://localhost:{port}/lab?token={token}" in text
         status_url = f"http://127.0.0.1:{port}/api/status"
-        assert _http_status(status_url, token) == 200
-        assert _http_status(status_url) == 403
+        assert http_status(status_url, token) == 200
+        assert http_status(status_url) == 403
     finally:
         subprocess.run(["scancel", job_id], capture_output=True)
     assert wait_for_state(job_id, {"CANCELLED", "COMPLETED", "FAILED"}, timeout=60) == "CANCELLED"
