@@ -14,8 +14,9 @@ plane and on the fibres by ``ρ(g)``, each layer ``Φ`` satisfies ``Φ(g·x) = g
 ``(g·x)(p) = ρ_in(g) x(g⁻¹p)``. Convolutions are escnn's ``R2Conv`` with kernels ``K`` in the steerable basis
 (``K(g p) = ρ_out(g) K(p) ρ_in(g)⁻¹``); normalisation is a per-field batch norm (:class:`FieldBatchNorm2d`);
 the non-linearity is a point-wise ReLU (it commutes with the permutation matrices of regular fields); down-
-sampling is a point-wise 2×2 max pool (optionally anti-aliased), up-sampling a 2× bilinear (or nearest)
-interpolation followed by a 1×1 ``R2Conv``; skips join with the direct sum ``skip ⊕ up`` of field types; the
+sampling is a point-wise 2×2 max pool (optionally anti-aliased), up-sampling a 1×1 ``R2Conv`` followed by a 2×
+bilinear (or nearest) interpolation (both are linear and act on different axes, so they commute: the 1×1 runs at
+the coarse level, a quarter of the cost, on the already halved channels); skips join with the direct sum ``skip ⊕ up`` of field types; the
 head pools each regular field to an invariant (max over the group, ``GroupPooling``) and maps these trivial
 fields to ``num_classes`` trivial fields: invariant per-pixel class scores form an equivariant segmentation map.
 
@@ -99,8 +100,10 @@ class FieldBatchNorm2d(nn.Module):
         y_c = γ_f (x_c − μ_f) / sqrt(σ²_f + ε) + β_f  =  x_c · s_f + t_f           (one fused affine)
 
     This is the maths of escnn's ``InnerBatchNorm`` (a ``BatchNorm3d`` over the ``(B, F, N, H, W)`` view), with the
-    same running-statistics update (momentum, unbiased running variance, ``n = B·N·H·W``), but the reductions run
-    C-way parallel over channels, which is much faster on GPUs when a field has few channels over a large image.
+    same running-statistics update (momentum, unbiased running variance, ``n = B·N·H·W``). Two kernels compute it:
+    on CPUs (and in eval mode) the native batch norm over the ``(B, F, N·H·W)`` view; on GPUs in train mode the
+    per-channel moments above (C-way parallel reductions, then one fused affine), which is much faster there when a
+    field has few channels over a large image (the native kernel parallelises over the ``F`` fields only).
     Equivariance is exact: a group element permutes the channels of a field and the pixels, which changes
     neither ``μ_f`` nor ``σ²_f``, and the affine is the same for every channel of a field.
 
@@ -131,19 +134,30 @@ class FieldBatchNorm2d(nn.Module):
         nf, n = self.num_fields, self.field_size
         if c != nf * n:
             raise ValueError(f"FieldBatchNorm2d: expected {nf}·{n} = {nf * n} channels, got {c}")
+        if self.training and x.is_cuda:
+            return self._moments_forward(x)
+        # The (B, F, N·H·W) view puts each field on one batch-norm channel: the native kernel computes exactly the
+        # statistics above (fast on CPUs, and in eval mode everywhere; slow on GPUs in train mode, few channels).
         if self.training:
-            var_c, mean_c = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)  # (C,), C-way parallel
-            mean_c, var_c = mean_c.view(nf, n), var_c.view(nf, n)
-            mean = mean_c.mean(1)
-            var = (var_c + (mean_c - mean[:, None]) ** 2).mean(1)
-            with torch.no_grad():
-                count = b * n * h * w
-                unbiased = var * (count / max(count - 1, 1))
-                self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
-                self.num_batches_tracked.add_(1)
-        else:
-            mean, var = self.running_mean, self.running_var
+            self.num_batches_tracked.add_(1)
+        y = F.batch_norm(x.reshape(b, nf, n * h * w), self.running_mean, self.running_var, self.weight, self.bias,
+                         self.training, self.momentum, self.eps)
+        return y.view(b, c, h, w)
+
+    def _moments_forward(self, x: Tensor) -> Tensor:
+        """Train mode from per-channel moments (C-way parallel reductions) and one fused affine: fast on GPUs."""
+        b, c, h, w = x.shape
+        nf, n = self.num_fields, self.field_size
+        var_c, mean_c = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)  # (C,)
+        mean_c, var_c = mean_c.view(nf, n), var_c.view(nf, n)
+        mean = mean_c.mean(1)
+        var = (var_c + (mean_c - mean[:, None]) ** 2).mean(1)
+        with torch.no_grad():
+            count = b * n * h * w
+            unbiased = var * (count / max(count - 1, 1))
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+            self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
+            self.num_batches_tracked.add_(1)
         scale = torch.rsqrt(var + self.eps)
         if self.weight is not None:
             scale = scale * self.weight
@@ -205,7 +219,7 @@ def _plain_pool(kind: str, channels: int) -> nn.Module:
 
 
 class ExportedUp(nn.Module):
-    """Plain-torch up block: ``convs(cat[skip, up(x)])``."""
+    """Plain-torch up block: ``convs(cat[skip, up(x)])`` with ``up`` = 1×1 conv, then 2× interpolation."""
 
     def __init__(self, up: nn.Module, convs: nn.Module):
         super().__init__()
@@ -243,8 +257,8 @@ class ExportedEscnnUNet(UNetBase):
         align = False if upsample == "bilinear" else None
         self.ups = nn.ModuleList(
             ExportedUp(
-                nn.Sequential(nn.Upsample(scale_factor=2, mode=upsample, align_corners=align),
-                              nn.Conv2d(ch[i + 1], ch[i], 1, bias=True)),
+                nn.Sequential(nn.Conv2d(ch[i + 1], ch[i], 1, bias=True),
+                              nn.Upsample(scale_factor=2, mode=upsample, align_corners=align)),
                 _plain_two_conv(2 * ch[i], ch[i], fields[i], n, k),
             )
             for i in reversed(range(depth))
@@ -331,7 +345,7 @@ class EscnnUNet(UNetBase):
         kernel_size: odd size of the steerable kernels (3, as the plain U-Net).
         pool: ``"max"`` (2×2 point-wise max pool, as the plain U-Net) or ``"antialiased"`` (2×2 max at stride 1,
             Gaussian blur σ=0.6 at stride 2: better equivariance to non-grid angles, a little slower).
-        upsample: ``"bilinear"`` (default) or ``"nearest"`` 2× interpolation before a 1×1 steerable conv.
+        upsample: ``"bilinear"`` (default) or ``"nearest"`` 2× interpolation after a 1×1 steerable conv.
         norm: ``"field"`` (:class:`FieldBatchNorm2d`, fast) or ``"inner"`` (the library's ``InnerBatchNorm``,
             the same maths).
         init: ``"he"`` (fast He-style init, see :func:`he_init_`) or ``"escnn"`` (the library's
@@ -519,15 +533,14 @@ class EscnnUNet(UNetBase):
 
 
 class _EquivariantUp(nn.Module):
-    """2× up-sampling and a 1×1 steerable conv ``f_{i+1} -> f_i`` fields, direct sum with the skip, TwoConv."""
+    """A 1×1 steerable conv ``f_{i+1} -> f_i`` fields and 2× up-sampling, direct sum with the skip, TwoConv."""
 
     def __init__(self, net: EscnnUNet, in_type, skip_type):
         super().__init__()
         enn = net._enn
         self.up = enn.SequentialModule(
-            enn.R2Upsampling(in_type, scale_factor=2, mode=net.upsample_mode,
-                             align_corners=False),
             net._conv(in_type, skip_type, 1, True, 1.0),
+            enn.R2Upsampling(skip_type, scale_factor=2, mode=net.upsample_mode, align_corners=False),
         )
         self.convs = net._two_conv(skip_type + skip_type, skip_type)
         self._directsum = _backend(net.backend)["nn"].tensor_directsum

@@ -129,6 +129,29 @@ def test_field_batchnorm_is_inner_batchnorm() -> None:
     assert _rel(ours(x), inner(enn.GeometricTensor(x, ftype)).tensor) <= 1e-5
 
 
+def test_field_batchnorm_kernels_agree() -> None:
+    """The native-kernel path (CPU, eval) and the per-channel-moments path (GPU training) give the same outputs,
+    input and affine gradients, and running statistics."""
+    torch.manual_seed(0)
+    x = (torch.randn(2, 24, 11, 6) * 2 + torch.arange(24.0).view(1, 24, 1, 1)).requires_grad_()
+    g = torch.randn(2, 24, 11, 6)
+    native, moments = FieldBatchNorm2d(3, 8), FieldBatchNorm2d(3, 8)
+    with torch.no_grad():
+        for bn in (native, moments):
+            bn.weight.copy_(torch.tensor([0.5, 1.0, 2.0]))
+            bn.bias.copy_(torch.tensor([-1.0, 0.0, 1.0]))
+    results = []
+    for bn, run in ((native, native), (moments, moments._moments_forward)):
+        x.grad = None
+        y = run(x)
+        y.backward(g)
+        results.append((y.detach(), x.grad.clone(), bn.weight.grad.clone(), bn.bias.grad.clone()))
+    for a, b in zip(*results):
+        assert _rel(a, b) <= 1e-5
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.allclose(getattr(native, name).float(), getattr(moments, name).float(), rtol=1e-5, atol=1e-6), name
+
+
 # ----------------------------------------------------------------------- escnn's SVD fix, in a fresh disk cache
 @pytest.mark.slow
 def test_every_group_builds_in_a_fresh_escnn_cache(tmp_path: Path) -> None:
