@@ -1,6 +1,7 @@
 """Benchmarks of the steerable U-Net (model/escnnUnet.py) against the plain U-Net, measured in the same run.
 
-    python benchmarks/steerable.py [--quick] [--device cuda] [--groups D4,C4] [--backends escnn,e2cnn] [--json out.json]
+    python benchmarks/steerable.py [--quick] [--device cuda] [--groups D4,C4] [--backends escnn,e2cnn] [--non-grid]
+                                   [--no-build] [--json out.json]
 
 Rows (``escnn_rows(quick, device)``, used by ``benchmarks/models.py``):
 
@@ -12,6 +13,9 @@ Rows (``escnn_rows(quick, device)``, used by ``benchmarks/models.py``):
   the import time of escnn is reported separately.
 * ``kind="equivariance"``: D4 equivariance error on the device (on CUDA with TF32 switched off: TF32
   convolutions alone raise it to ~1e-3).
+* ``kind="non_grid"`` (``--non-grid``): 45° (C8, D8, C16) and 22.5° (C16) errors next to the plain U-Net's,
+  relative max and L2, on the protocol of ``model/equivariance.py`` (smooth 128² noise, its disk on a 192² canvas,
+  three random nets with calibrated batch norm) and on the bare 128² square; the same numbers the test asserts.
 
 On CUDA the batch is 8×3×512×512 (fp32); on CPU 2×3×256×256 (``--quick``: 1×3×128×128, depth 2 nets).
 """
@@ -143,6 +147,25 @@ def equivariance_rows(device: str) -> list[dict]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
+def non_grid_rows(seeds=range(3)) -> list[dict]:
+    """Non-grid rotation errors of the default C8/D8/C16 nets next to the plain U-Net's (width 32, depth 3)."""
+    from model.equivariance import disk_on_canvas, mean_rotation_errors, smooth_noise
+
+    noise = smooth_noise(128)
+    rows = []
+    for setup, x, margin in (("disk on 192² canvas", disk_on_canvas(noise, 192), 34.0), ("bare 128² square", noise, 2.0)):
+        plain = mean_rotation_errors(lambda: UNet(width=32, depth=3), x, (45.0, 22.5), margin, seeds)
+        for group, angles in (("C8", (45.0,)), ("D8", (45.0,)), ("C16", (45.0, 22.5))):
+            errs = mean_rotation_errors(lambda g=group: EscnnUNet(width=32, depth=3, group=g), x, angles, margin, seeds)
+            for a in angles:
+                rows.append(dict(kind="non_grid", setup=setup, group=group, angle=a,
+                                 max_error=round(errs[a]["max"], 3), plain_max_error=round(plain[a]["max"], 3),
+                                 max_ratio=round(errs[a]["max"] / plain[a]["max"], 3),
+                                 l2_error=round(errs[a]["l2"], 3), plain_l2_error=round(plain[a]["l2"], 3),
+                                 l2_ratio=round(errs[a]["l2"] / plain[a]["l2"], 3)))
+    return rows
+
+
 def escnn_rows(quick: bool, device: str = "cpu", groups=("D4",), backends=("escnn",), builds: bool = True) -> list[dict]:
     """All benchmark rows (speed, build, equivariance) for ``benchmarks/models.py``."""
     rows = equivariance_rows(device) + speed_rows(quick, device, groups, backends)
@@ -158,10 +181,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--groups", default="D4")
     ap.add_argument("--backends", default="escnn")
     ap.add_argument("--no-build", action="store_true", help="skip the new-process build timings")
+    ap.add_argument("--non-grid", action="store_true", help="also the 45°/22.5° errors vs the plain U-Net (~1 min)")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args(argv)
     rows = escnn_rows(args.quick, args.device, tuple(args.groups.split(",")), tuple(args.backends.split(",")),
                       builds=not args.no_build)
+    if args.non_grid:
+        rows += non_grid_rows()
     for row in rows:
         print(json.dumps(row))
     if args.json:

@@ -9,9 +9,16 @@ act by bilinear interpolation and are only compared inside a central disk, where
 
 For a model ``Φ`` with scalar-field output (per-pixel logits) the equivariance error under ``g`` is
 
-    err(g) = max |Φ(g·x) − g·Φ(x)| / max |Φ(x)|
+    err(g) = max |Φ(g·x) − g·Φ(x)| / max |Φ(x)|                    (norm="max", the default)
+    err(g) = ‖Φ(g·x) − g·Φ(x)‖₂ / ‖Φ(x)‖₂                          (norm="l2")
 
-(both maxima over the central disk for interpolated angles, over the whole image for exact elements).
+(over the central disk for interpolated angles, over the whole image for exact elements).
+
+Non-grid angles (45°, 22.5°) on a square image change more than the model: the image corners leave the frame,
+zeros enter, and the frame itself (where every convolution zero-pads) does not turn with the content. The
+protocol used for them (:func:`smooth_noise` → :func:`disk_on_canvas` → :func:`mean_rotation_errors`, with
+``disk_margin`` = the canvas border) takes a smooth input whose content is a
+disk, on a canvas with room around it, so that only the model's own error is measured.
 """
 from __future__ import annotations
 
@@ -132,9 +139,89 @@ def central_disk(h: int, w: int, margin: float = 2.0, device=None) -> Tensor:
     return (xx**2 + yy**2).sqrt() <= min(h, w) / 2 - margin
 
 
+def smooth_noise(size: int = 128, sigma: float = 3.0, channels: int = 3, seed: int = 0) -> Tensor:
+    """Gaussian-blurred white noise ``(1, channels, size, size)`` with unit standard deviation.
+
+    The blur (σ pixels, reflect padding) keeps the input band-limited, so that its bilinear rotation is accurate.
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, channels, size, size, generator=g)
+    k = 2 * int(4 * sigma) + 1
+    r = torch.arange(k, dtype=torch.float32) - k // 2
+    w = torch.exp(-(r**2) / (2 * sigma**2))
+    w = w / w.sum()
+    x = nn.functional.pad(x, (k // 2,) * 4, mode="reflect")
+    x = nn.functional.conv2d(x, w.view(1, 1, 1, k).repeat(channels, 1, 1, 1), groups=channels)
+    x = nn.functional.conv2d(x, w.view(1, 1, k, 1).repeat(channels, 1, 1, 1), groups=channels)
+    return x / x.std()
+
+
+def disk_on_canvas(x: Tensor, canvas: int, taper: float = 8.0) -> Tensor:
+    """Cut the inscribed disk out of ``x[B, C, S, S]`` and centre it on a zero canvas ``[B, C, canvas, canvas]``.
+
+    The disk's edge is a raised-cosine taper ``taper`` pixels wide (from 1 at radius ``S/2 − taper`` to 0 at
+    ``S/2``), so the input stays smooth. Rotating the result by any angle keeps all its content in the frame and
+    brings no new content in, and the frame is ``(canvas − S)/2`` pixels away from it. Measure inside the disk
+    with ``equivariance_error(..., disk_margin=(canvas − S)/2 + 2)``.
+    """
+    s = x.shape[-1]
+    if x.dim() != 4 or x.shape[-2] != s:
+        raise ValueError(f"disk_on_canvas expects a square (B, C, S, S) input, got {tuple(x.shape)}")
+    if canvas < s or (canvas - s) % 2:
+        raise ValueError(f"canvas must be >= the input size {s} and differ from it by an even number, got {canvas}")
+    c = torch.arange(s, dtype=torch.float32, device=x.device) - (s - 1) / 2
+    r = (c[:, None] ** 2 + c[None, :] ** 2).sqrt()
+    ramp = ((s / 2 - r) / taper).clamp(0, 1)
+    window = (0.5 - 0.5 * torch.cos(math.pi * ramp)).to(x.dtype)
+    pad = (canvas - s) // 2
+    return nn.functional.pad(x * window, (pad, pad, pad, pad))
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, x: Tensor) -> nn.Module:
+    """Set every batch norm's running statistics to those of ``x`` (one train-mode pass, momentum 1), then eval.
+
+    For comparing untrained nets in eval mode: with default running statistics their activations are not
+    normalised (a plain U-Net's shrink to its head bias, a constant that is trivially invariant), which makes
+    their errors incomparable. Norms are found by their ``running_mean`` buffer and ``momentum`` attribute.
+    """
+    norms = [m for m in model.modules() if hasattr(m, "momentum") and isinstance(getattr(m, "running_mean", None), Tensor)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 1.0
+    model.train()
+    model(x)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    return model.eval()
+
+
+NORMS = ("max", "l2")
+
+
+def mean_rotation_errors(make_model, x: Tensor, angles, disk_margin: float = 2.0,
+                         seeds=range(3)) -> dict[float, dict[str, float]]:
+    """Mean error of freshly built models under single rotations: ``{angle: {"max": …, "l2": …}}``.
+
+    For each seed: ``torch.manual_seed(seed)``, ``model = make_model()``, batch norm calibrated on ``x``
+    (:func:`calibrate_batchnorm`, eval mode), then :func:`equivariance_error` under each rotation by ``angle``
+    degrees with both norms; the errors are averaged over the seeds (random nets vary a lot one by one).
+    """
+    seeds = list(seeds)
+    out = {a: {norm: 0.0 for norm in NORMS} for a in angles}
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = calibrate_batchnorm(make_model(), x)
+        for a in angles:
+            for norm in NORMS:
+                err = equivariance_error(model, x, [GroupElement(a)], disk_margin=disk_margin, norm=norm)
+                out[a][norm] += next(iter(err.values())) / len(seeds)
+    return out
+
+
 @torch.no_grad()
 def equivariance_error(model: nn.Module | callable, x: Tensor, group: str | list[GroupElement],
-                       disk_margin: float = 2.0, exact_only: bool = False) -> dict[str, float]:
+                       disk_margin: float = 2.0, exact_only: bool = False, norm: str = "max") -> dict[str, float]:
     """Relative equivariance error of ``model`` on ``x[B, C, H, W]`` for every element of ``group``.
 
     Args:
@@ -145,11 +232,15 @@ def equivariance_error(model: nn.Module | callable, x: Tensor, group: str | list
         disk_margin: for interpolated rotations, pixels farther than ``min(H,W)/2 - margin`` from the centre
             are ignored (they see the image corners, which leave the frame under rotation).
         exact_only: keep only the elements that act exactly on the pixel grid.
+        norm: ``"max"`` (relative max error, the default) or ``"l2"`` (relative L2 error over the same pixels,
+            less dominated by a few pixels).
 
     Returns:
-        ``{element name: max |Φ(g·x) − g·Φ(x)| / max |Φ(x)|}``; the identity is included (≈ 0 unless the model
-        is nondeterministic).
+        ``{element name: max |Φ(g·x) − g·Φ(x)| / max |Φ(x)|}`` (or the L2 ratio); the identity is included (≈ 0
+        unless the model is nondeterministic).
     """
+    if norm not in NORMS:
+        raise ValueError(f"equivariance_error: unknown norm {norm!r}; expected one of {NORMS}")
     elements = group_elements(group) if isinstance(group, str) else list(group)
     if exact_only:
         elements = [g for g in elements if g.exact]
@@ -162,11 +253,13 @@ def equivariance_error(model: nn.Module | callable, x: Tensor, group: str | list
     for g in elements:
         y_g = model(act(x, g))
         g_y = act(y, g)
-        diff = (y_g - g_y).abs()
-        if g.exact:
-            num, den = diff.max(), y.abs().max()
+        diff, ref = (y_g - g_y), y
+        if not g.exact:
+            diff, ref = diff[..., disk], ref[..., disk]
+        if norm == "max":
+            num, den = diff.abs().max(), ref.abs().max()
         else:
-            num, den = diff[..., disk].max(), y.abs()[..., disk].max()
+            num, den = diff.norm(), ref.norm()
         out[g.name] = float(num / den.clamp_min(torch.finfo(y.dtype).tiny))
     return out
 

@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from model.equivariance import (
-    GroupElement, act, act_inverse, central_disk, equivariance_error, flip, group_elements, rot90, rotate,
+    GroupElement, act, act_inverse, calibrate_batchnorm, central_disk, disk_on_canvas, equivariance_error, flip,
+    group_elements, rot90, rotate, smooth_noise,
 )
 from model.unet import UNet
 
@@ -98,3 +99,49 @@ def test_exact_only_and_element_lists():
 def test_unknown_group():
     with pytest.raises(ValueError, match="unknown group"):
         group_elements("Q7")
+
+
+def test_l2_norm_option_measures_the_ratio_of_norms():
+    """A model that is the identity except for one pixel: max and L2 errors are the known ratios."""
+    x = torch.ones(1, 1, 8, 8)
+
+    def shifted(t):  # equivariant except that pixel (0, 0) is always raised by 1
+        t = t.clone()
+        t[..., 0, 0] += 1.0
+        return t
+
+    g = [GroupElement(90.0)]
+    assert equivariance_error(shifted, x, g)["rot90"] == pytest.approx(1.0 / 2.0)
+    y = shifted(x)
+    expected = float(((shifted(rot90(x)) - rot90(y)).norm() / y.norm()))
+    assert equivariance_error(shifted, x, g, norm="l2")["rot90"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="unknown norm 'l1'"):
+        equivariance_error(shifted, x, g, norm="l1")
+
+
+def test_disk_on_canvas_content_survives_rotation():
+    """The tapered disk on a larger canvas: nothing leaves the frame under 45° (total mass kept), the corners of
+    the canvas are zero, and the input inside the inner disk is unchanged."""
+    x = smooth_noise(64, seed=3)
+    assert x.shape == (1, 3, 64, 64) and abs(float(x.std()) - 1.0) < 1e-5
+    c = disk_on_canvas(x, 96)
+    assert c.shape == (1, 3, 96, 96)
+    assert float(c[..., :16, :].abs().max()) == 0.0 and float(c[..., :, :16].abs().max()) == 0.0
+    inner = central_disk(64, 64, margin=9.0)
+    assert torch.equal(c[..., 16:80, 16:80][..., inner], x[..., inner])
+    r = rotate(c.abs(), 45.0)
+    assert abs(float(r.sum() / c.abs().sum()) - 1.0) < 0.01
+    with pytest.raises(ValueError, match="canvas"):
+        disk_on_canvas(x, 65)
+
+
+def test_calibrate_batchnorm_uses_the_input_statistics():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    x = torch.randn(2, 3, 8, 8) * 5 + 3
+    calibrate_batchnorm(net, x)
+    assert not net.training and net[1].momentum == 0.1
+    with torch.no_grad():
+        y = net(x)
+    assert float(y.mean(dim=(0, 2, 3)).abs().max()) < 1e-4
+    assert float((y.var(dim=(0, 2, 3), unbiased=False) - 1).abs().max()) < 1e-2

@@ -19,7 +19,9 @@ pytest.importorskip("escnn")
 pytest.importorskip("e2cnn")
 
 from model import build_model, count_parameters, width_for_params  # noqa: E402
-from model.equivariance import central_disk, equivariance_error, rotate  # noqa: E402
+from model.equivariance import (  # noqa: E402
+    disk_on_canvas, equivariance_error, mean_rotation_errors, smooth_noise,
+)
 from model.escnnUnet import (  # noqa: E402
     GROUPS, EscnnUNet, FieldBatchNorm2d, escnnUnetVariant, group_order,
 )
@@ -342,79 +344,38 @@ def test_he_init_keeps_escnn_activation_scale() -> None:
 
 
 # ------------------------------------------------------------------------------ approximate (non-grid) angles
-def smooth_noise(size: int = 128, sigma: float = 3.0, seed: int = 0) -> torch.Tensor:
-    """Gaussian-blurred white noise ``(1, 3, size, size)``, unit standard deviation."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, 3, size, size, generator=g)
-    k = 2 * int(4 * sigma) + 1
-    r = torch.arange(k, dtype=torch.float32) - k // 2
-    w = torch.exp(-(r**2) / (2 * sigma**2))
-    w = w / w.sum()
-    x = F.pad(x, (k // 2,) * 4, mode="reflect")
-    x = F.conv2d(x, w.view(1, 1, 1, k).repeat(3, 1, 1, 1), groups=3)
-    x = F.conv2d(x, w.view(1, 1, k, 1).repeat(3, 1, 1, 1), groups=3)
-    return x / x.std()
-
-
-@torch.no_grad()
-def calibrate_batchnorm(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
-    """Set every batch norm's running statistics to those of ``x`` (one train-mode pass, momentum 1), then eval.
-
-    Untrained nets in eval mode otherwise have un-normalised activations (the plain U-Net's shrink to its head
-    bias, a constant that is trivially invariant), which makes their errors incomparable.
-    """
-    norms = [m for m in model.modules() if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, FieldBatchNorm2d))]
-    for m in norms:
-        m.momentum = 1.0
-    model.train()
-    model(x)
-    for m in norms:
-        m.momentum = 0.1
-    return model.eval()
-
-
-@torch.no_grad()
-def rotation_errors(model: torch.nn.Module, x: torch.Tensor, angle: float) -> tuple[float, float]:
-    """(relative max error from ``equivariance_error``, relative L2 error) of ``model`` under ``angle`` (disk)."""
-    from model.equivariance import GroupElement
-
-    max_err = equivariance_error(model, x, [GroupElement(angle)])[GroupElement(angle).name]
-    y = model(x)
-    disk = central_disk(*x.shape[-2:])
-    diff = (model(rotate(x, angle)) - rotate(y, angle))[..., disk]
-    return max_err, float(diff.norm() / y[..., disk].norm())
+NON_GRID_CASES = (("C8", (45.0,)), ("D8", (45.0,)), ("C16", (45.0, 22.5)))
 
 
 @pytest.mark.slow
 def test_non_grid_rotations_beat_the_plain_unet(record_property) -> None:
-    """45° (C8, D8, C16) and 22.5° (C16) errors on smooth input vs the plain U-Net, same width and depth.
+    """45° (C8, D8, C16) and 22.5° (C16) errors on smooth input ≤ 0.5 × the plain U-Net's (same width and depth).
 
-    Random untrained nets, batch norm calibrated on the input, three seeds averaged. The acceptance measure is
-    the relative L2 error in the central disk (<= 0.5 × plain); the relative max error (``equivariance_error``)
-    is recorded too: it is dominated by a few pixels and varies a lot between seeds.
+    Protocol (model/equivariance.py): Gaussian-blurred noise of size 128 (σ = 3 px), its inscribed disk on a
+    192² zero canvas (so rotation moves no content out of or into the frame, and the frame, where every conv
+    zero-pads, is 32 px away), measured inside the 128 disk; random untrained nets with batch norm calibrated on
+    the input, three seeds averaged; both the relative max error and the relative L2 error must be ≤ 0.5 × plain.
+    The same numbers on the bare 128² square (corners leave the frame) are recorded, not asserted: there the
+    frame's own error dominates the max near the disk's edge for every model.
     """
-    x = smooth_noise()
-    seeds = range(3)
-
-    def mean_errors(make, angles) -> dict[float, tuple[float, float]]:
-        vals: dict[float, list[tuple[float, float]]] = {a: [] for a in angles}
-        for seed in seeds:
-            torch.manual_seed(seed)
-            model = calibrate_batchnorm(make(), x)
-            for angle in angles:
-                vals[angle].append(rotation_errors(model, x, angle))
-        return {a: (sum(v[0] for v in vs) / len(vs), sum(v[1] for v in vs) / len(vs)) for a, vs in vals.items()}
-
-    plain = mean_errors(lambda: UNet(width=32, depth=3), (45.0, 22.5))
-    report = {"plain": plain}
-    failures = []
-    for group, angles in (("C8", (45.0,)), ("D8", (45.0,)), ("C16", (45.0, 22.5))):
-        errs = mean_errors(lambda g=group: EscnnUNet(width=32, depth=3, group=g, pool="antialiased"), angles)
-        report[group] = errs
-        for angle in angles:
-            ratio = errs[angle][1] / plain[angle][1]
-            if ratio > 0.5:
-                failures.append(f"{group} {angle}°: L2 {errs[angle][1]:.3f} vs plain {plain[angle][1]:.3f} ({ratio:.2f}×)")
-    record_property("rotation_errors", json.dumps({k: {str(a): v for a, v in d.items()} for k, d in report.items()}))
-    print(json.dumps({k: {str(a): [round(e, 3) for e in v] for a, v in d.items()} for k, d in report.items()}))
+    noise = smooth_noise(128)
+    setups = {"canvas192": (disk_on_canvas(noise, 192), 32 + 2.0), "square128": (noise, 2.0)}
+    report, failures = {}, []
+    for setup, (x, margin) in setups.items():
+        plain = mean_rotation_errors(lambda: UNet(width=32, depth=3), x, (45.0, 22.5), margin)
+        report[setup] = {"plain": plain}
+        for group, angles in NON_GRID_CASES:
+            errs = mean_rotation_errors(lambda g=group: EscnnUNet(width=32, depth=3, group=g), x, angles, margin)
+            report[setup][group] = errs
+            for a in angles:
+                for norm in ("max", "l2"):
+                    ratio = errs[a][norm] / plain[a][norm]
+                    errs[a][f"{norm}_ratio"] = ratio
+                    if setup == "canvas192" and ratio > 0.5:
+                        failures.append(f"{group} {a}° {norm}: {errs[a][norm]:.3f} vs plain {plain[a][norm]:.3f} "
+                                        f"({ratio:.2f}×)")
+    text = json.dumps({s: {m: {str(a): {k: round(v, 3) for k, v in d.items()} for a, d in e.items()}
+                           for m, e in r.items()} for s, r in report.items()})
+    record_property("rotation_errors", text)
+    print(text)
     assert not failures, failures
