@@ -33,6 +33,7 @@ MODELS = [
     ("moment_unet D4", "moment_unet", {"group": "D4"}),
     ("escnn_unet D4", "escnn_unet", {"group": "D4"}),
     ("escnn_unet C8", "escnn_unet", {"group": "C8"}),
+    ("escnn_unet SO2", "escnn_unet", {"group": "SO2"}),
 ]
 
 

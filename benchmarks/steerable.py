@@ -13,7 +13,7 @@ Rows (``escnn_rows(quick, device)``, used by ``benchmarks/models.py``):
   the import time of escnn is reported separately.
 * ``kind="equivariance"``: D4 equivariance error on the device (on CUDA with TF32 switched off: TF32
   convolutions alone raise it to ~1e-3).
-* ``kind="non_grid"`` (``--non-grid``): 45° (C8, D8, C16) and 22.5° (C16) errors next to the plain U-Net's,
+* ``kind="non_grid"`` (``--non-grid``): 45° (C8, D8, C16, SO2, O2) and 22.5° (C16, SO2) errors next to the plain U-Net's,
   relative max and L2, on the protocol of ``model/equivariance.py`` (smooth 128² noise, its disk on a 192² canvas,
   three random nets with calibrated batch norm) and on the bare 128² square; the same numbers the test asserts.
 
@@ -148,14 +148,15 @@ def equivariance_rows(device: str) -> list[dict]:
 
 
 def non_grid_rows(seeds=range(3)) -> list[dict]:
-    """Non-grid rotation errors of the default C8/D8/C16 nets next to the plain U-Net's (width 32, depth 3)."""
+    """Non-grid rotation errors of the default C8/D8/C16/SO2/O2 nets next to the plain U-Net's (width 32, depth 3)."""
     from model.equivariance import disk_on_canvas, mean_rotation_errors, smooth_noise
 
     noise = smooth_noise(128)
     rows = []
     for setup, x, margin in (("disk on 192² canvas", disk_on_canvas(noise, 192), 34.0), ("bare 128² square", noise, 2.0)):
         plain = mean_rotation_errors(lambda: UNet(width=32, depth=3), x, (45.0, 22.5), margin, seeds)
-        for group, angles in (("C8", (45.0,)), ("D8", (45.0,)), ("C16", (45.0, 22.5))):
+        for group, angles in (("C8", (45.0,)), ("D8", (45.0,)), ("C16", (45.0, 22.5)), ("SO2", (45.0, 22.5)),
+                              ("O2", (45.0,))):
             errs = mean_rotation_errors(lambda g=group: EscnnUNet(width=32, depth=3, group=g), x, angles, margin, seeds)
             for a in angles:
                 rows.append(dict(kind="non_grid", setup=setup, group=group, angle=a,

@@ -25,6 +25,12 @@ is exact when ``H`` and ``W`` are divisible by ``2**depth`` (poolings tile the i
 transformation); for ``C8, C16, D8, …`` the other angles act on the grid only approximately (interpolation),
 so their equivariance is approximate; it is still much better than a plain U-Net's (see the tests).
 
+SO2 and O2 (escnn only) use band-limited Fourier fields instead of regular ones (``fields="fourier"``, see
+:class:`EscnnUNet`): the same diagram with ``f_i = round(width·2^i / d)`` fields of ``d`` channels (7 for SO2, 14 for
+O2 at frequency ≤ 3), a sampled ReLU (:class:`FourierReLU`), :class:`IrrepBatchNorm2d`, anti-aliased average
+pooling and field norms as invariants. Exact on the grid for 90° rotations and flips, and much closer to
+equivariant at other angles than the finite groups.
+
 Both backends build the same network; ``export()`` gives a :class:`ExportedEscnnUNet`, plain ``torch.nn`` layers
 with the expanded filters, equal outputs, no escnn needed to run it or to load its ``state_dict``.
 
@@ -42,10 +48,12 @@ import re
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .contract import UNetBase, level_channels, same_padding
+from .field_layers import (
+    AntialiasedMaxPool2d, AntialiasedPool2d, FieldBatchNorm2d, FieldNormPool, FourierReLU, GroupMaxPool, IrrepBatchNorm2d,
+)
 
 from . import escnn_compat as _compat
 
@@ -57,8 +65,10 @@ except ImportError:  # escnn missing: exported models still work; EscnnUNet(back
 BACKENDS = ("escnn", "e2cnn")
 #: Groups built and tested (fresh escnn cache, export); any ``CN``/``DN`` with ``N >= 1`` is accepted
 #: (e.g. ``D16``, whose regular fields have 32 channels; its kernel basis takes longer to build).
-GROUPS = ("C1", "C2", "C4", "C8", "C16", "D1", "D2", "D4", "D8")
-FIELDS = ("regular",)
+#: ``SO2`` (all rotations) and ``O2`` (and flips) use band-limited Fourier fields, on escnn only.
+GROUPS = ("C1", "C2", "C4", "C8", "C16", "D1", "D2", "D4", "D8", "SO2", "O2")
+CONTINUOUS_GROUPS = ("SO2", "O2")
+FIELDS = ("regular", "fourier")
 POOLS = ("max", "antialiased")
 UPSAMPLE_MODES = ("bilinear", "nearest")
 NORMS = ("field", "inner")
@@ -66,8 +76,14 @@ INITS = ("he", "escnn")
 
 
 def parse_group(group: str) -> tuple[str, int]:
-    """``"D4"`` -> ``("D", 4)``: a cyclic (``C``, rotations by ``360°/N``) or dihedral (``D``, also flips) group."""
-    m = re.fullmatch(r"([CD])(\d+)", str(group).strip().upper())
+    """``"D4"`` -> ``("D", 4)``: a cyclic (``C``, rotations by ``360°/N``) or dihedral (``D``, also flips) group.
+
+    The continuous groups map to ``N = 0``: ``"SO2"`` -> ``("C", 0)``, ``"O2"`` -> ``("D", 0)``.
+    """
+    name = str(group).strip().upper()
+    if name in CONTINUOUS_GROUPS:
+        return ("C" if name == "SO2" else "D"), 0
+    m = re.fullmatch(r"([CD])(\d+)", name)
     if m is None or int(m.group(2)) < 1:
         raise ValueError(
             f"unknown group {group!r}; supported groups: {', '.join(GROUPS)} (and any CN or DN with N >= 1)"
@@ -75,147 +91,53 @@ def parse_group(group: str) -> tuple[str, int]:
     return m.group(1), int(m.group(2))
 
 
+def group_name(kind: str, n: int) -> str:
+    """Inverse of :func:`parse_group`."""
+    if n == 0:
+        return "SO2" if kind == "C" else "O2"
+    return f"{kind}{n}"
+
+
 def group_order(group: str) -> int:
-    """``|G|``: ``N`` for ``CN``, ``2N`` for ``DN``."""
+    """``|G|``: ``N`` for ``CN``, ``2N`` for ``DN`` (a ValueError for the infinite SO2/O2)."""
     kind, n = parse_group(group)
+    if n == 0:
+        raise ValueError(f"{group} is infinite: its (Fourier) fields have EscnnUNet.field_size channels")
     return n if kind == "C" else 2 * n
 
 
 def level_fields(width: float, depth: int, order: int) -> list[int]:
-    """Regular fields per level, ``f_i = max(1, round(width·2^i / |G|))`` for ``i = 0 … depth`` (``width`` may be
-    fractional; see :func:`model.contract.level_channels`)."""
+    """Fields per level, ``f_i = max(1, round(width·2^i / d))`` for ``i = 0 … depth``, with ``d`` channels per field
+    (``|G|`` for regular fields; ``width`` may be fractional; see :func:`model.contract.level_channels`)."""
     return [c // order for c in level_channels(width, depth, order)]
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Plain-torch layers (used by the exported model; FieldBatchNorm2d is also used inside the steerable model)
-# ----------------------------------------------------------------------------------------------------------------
-class FieldBatchNorm2d(nn.Module):
-    """Batch norm with statistics and affine shared within each field of ``field_size`` channels.
+class _PlainFields:
+    """The plain-torch layers of one field kind (``regular`` or ``fourier``), for :class:`ExportedEscnnUNet`."""
 
-    Input ``x[B, F·N, H, W]`` holds ``F`` fields of ``N`` channels (regular fields: ``N = |G|``). For field ``f``
-    with channels ``c ∈ f``, from per-channel moments ``μ_c, σ²_c`` (over ``B, H, W``)::
+    def __init__(self, kind: str, field_size: int, fourier_points: int = 0):
+        self.kind, self.d, self.points = kind, field_size, fourier_points
 
-        μ_f = mean_{c∈f} μ_c,     σ²_f = mean_{c∈f} (σ²_c + (μ_c − μ_f)²)     (moments over B, N, H, W)
-        y_c = γ_f (x_c − μ_f) / sqrt(σ²_f + ε) + β_f  =  x_c · s_f + t_f           (one fused affine)
+    def norm(self, fields: int) -> nn.Module:
+        return FieldBatchNorm2d(fields, self.d) if self.kind == "regular" else IrrepBatchNorm2d(fields, self.d)
 
-    This is the maths of escnn's ``InnerBatchNorm`` (a ``BatchNorm3d`` over the ``(B, F, N, H, W)`` view), with the
-    same running-statistics update (momentum, unbiased running variance, ``n = B·N·H·W``). Two kernels compute it:
-    on CPUs (and in eval mode) the native batch norm over the ``(B, F, N·H·W)`` view; on GPUs in train mode the
-    per-channel moments above (C-way parallel reductions, then one fused affine), which is much faster there when a
-    field has few channels over a large image (the native kernel parallelises over the ``F`` fields only).
-    Equivariance is exact: a group element permutes the channels of a field and the pixels, which changes
-    neither ``μ_f`` nor ``σ²_f``, and the affine is the same for every channel of a field.
+    def act(self) -> nn.Module:
+        return nn.ReLU(inplace=True) if self.kind == "regular" else FourierReLU(self.d, self.points)
 
-    Args:
-        num_fields: ``F``.
-        field_size: ``N`` channels per field.
-        eps: added to the variance.
-        momentum: running-statistics momentum (as ``nn.BatchNorm2d``).
-        affine: learn ``γ_f, β_f``.
-    """
+    def pool(self, kind: str, channels: int) -> nn.Module:
+        if self.kind == "fourier":
+            return AntialiasedPool2d(channels, mode="avg")
+        return nn.MaxPool2d(2) if kind == "max" else AntialiasedPool2d(channels, mode="max")
 
-    def __init__(self, num_fields: int, field_size: int, eps: float = 1e-5, momentum: float = 0.1,
-                 affine: bool = True):
-        super().__init__()
-        self.num_fields, self.field_size, self.eps, self.momentum = num_fields, field_size, eps, momentum
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_fields))
-            self.bias = nn.Parameter(torch.zeros(num_fields))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        self.register_buffer("running_mean", torch.zeros(num_fields))
-        self.register_buffer("running_var", torch.ones(num_fields))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+    def invariants(self) -> nn.Module:
+        return GroupMaxPool(self.d) if self.kind == "regular" else FieldNormPool(self.d)
 
-    def forward(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
-        nf, n = self.num_fields, self.field_size
-        if c != nf * n:
-            raise ValueError(f"FieldBatchNorm2d: expected {nf}·{n} = {nf * n} channels, got {c}")
-        if self.training and x.is_cuda:
-            return self._moments_forward(x)
-        # The (B, F, N·H·W) view puts each field on one batch-norm channel: the native kernel computes exactly the
-        # statistics above (fast on CPUs, and in eval mode everywhere; slow on GPUs in train mode, few channels).
-        if self.training:
-            self.num_batches_tracked.add_(1)
-        y = F.batch_norm(x.reshape(b, nf, n * h * w), self.running_mean, self.running_var, self.weight, self.bias,
-                         self.training, self.momentum, self.eps)
-        return y.view(b, c, h, w)
-
-    def _moments_forward(self, x: Tensor) -> Tensor:
-        """Train mode from per-channel moments (C-way parallel reductions) and one fused affine: fast on GPUs."""
-        b, c, h, w = x.shape
-        nf, n = self.num_fields, self.field_size
-        var_c, mean_c = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)  # (C,)
-        mean_c, var_c = mean_c.view(nf, n), var_c.view(nf, n)
-        mean = mean_c.mean(1)
-        var = (var_c + (mean_c - mean[:, None]) ** 2).mean(1)
-        with torch.no_grad():
-            count = b * n * h * w
-            unbiased = var * (count / max(count - 1, 1))
-            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
-            self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
-            self.num_batches_tracked.add_(1)
-        scale = torch.rsqrt(var + self.eps)
-        if self.weight is not None:
-            scale = scale * self.weight
-        shift = -mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias
-        scale = scale.repeat_interleave(n).view(1, c, 1, 1).to(x.dtype)
-        shift = shift.repeat_interleave(n).view(1, c, 1, 1).to(x.dtype)
-        return torch.addcmul(shift, x, scale)
-
-    def extra_repr(self) -> str:
-        return f"{self.num_fields}, field_size={self.field_size}, eps={self.eps}, momentum={self.momentum}"
-
-
-class AntialiasedMaxPool2d(nn.Module):
-    """Max over 2×2 windows at stride 1, then a depth-wise Gaussian blur (σ) at stride 2 (escnn's anti-aliased pool).
-
-    ``(B, C, H, W) -> (B, C, H/2, W/2)``; the blur has ``2·round(4σ)+1`` taps, normalised to sum 1.
-    """
-
-    def __init__(self, channels: int, kernel_size: int = 2, sigma: float = 0.6):
-        super().__init__()
-        self.kernel_size, self.sigma = kernel_size, sigma
-        size = 2 * int(round(4 * sigma)) + 1
-        grid = torch.stack(torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij"), dim=-1)
-        r = -torch.sum((grid - (size - 1) / 2.0) ** 2.0, dim=-1, dtype=torch.get_default_dtype())
-        g = torch.exp(r / (2 * sigma**2))
-        g = g / g.sum()
-        self.register_buffer("filter", g.view(1, 1, size, size).repeat(channels, 1, 1, 1))
-        self.pad = (size - 1) // 2
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = F.max_pool2d(x, self.kernel_size, 1)
-        return F.conv2d(y, self.filter, stride=self.kernel_size, padding=self.pad, groups=y.shape[1])
-
-
-class GroupMaxPool(nn.Module):
-    """Max over the ``field_size`` channels of every field: ``(B, F·N, H, W) -> (B, F, H, W)`` invariants."""
-
-    def __init__(self, field_size: int):
-        super().__init__()
-        self.field_size = field_size
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
-        return x.view(b, c // self.field_size, self.field_size, h, w).amax(dim=2)
-
-
-def _plain_two_conv(cin: int, cout: int, fields_out: int, n: int, k: int) -> nn.Sequential:
-    p = same_padding(k)
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, padding=p, bias=False), FieldBatchNorm2d(fields_out, n), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, k, padding=p, bias=False), FieldBatchNorm2d(fields_out, n), nn.ReLU(inplace=True),
-    )
-
-
-def _plain_pool(kind: str, channels: int) -> nn.Module:
-    return nn.MaxPool2d(2) if kind == "max" else AntialiasedMaxPool2d(channels)
+    def two_conv(self, cin: int, cout: int, fields_out: int, k: int) -> nn.Sequential:
+        p = same_padding(k)
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, k, padding=p, bias=False), self.norm(fields_out), self.act(),
+            nn.Conv2d(cout, cout, k, padding=p, bias=False), self.norm(fields_out), self.act(),
+        )
 
 
 class ExportedUp(nn.Module):
@@ -241,17 +163,18 @@ class ExportedEscnnUNet(UNetBase):
 
     def __init__(self, in_channels: int, num_classes: int, depth: int, fields: list[int], field_size: int,
                  kernel_size: int = 3, pool: str = "max", upsample: str = "bilinear", pad: bool = False,
-                 group: str = ""):
+                 group: str = "", field_kind: str = "regular", fourier_points: int = 0):
         super().__init__()
         self.config = dict(in_channels=in_channels, num_classes=num_classes, depth=depth, fields=list(fields),
                            field_size=field_size, kernel_size=kernel_size, pool=pool, upsample=upsample, pad=pad,
-                           group=group)
+                           group=group, field_kind=field_kind, fourier_points=fourier_points)
         self.in_channels, self.num_classes, self.depth, self.pad, self.group = in_channels, num_classes, depth, pad, group
         n, k = field_size, kernel_size
+        layers = _PlainFields(field_kind, n, fourier_points)
         ch = [f * n for f in fields]
-        self.inc = _plain_two_conv(in_channels, ch[0], fields[0], n, k)
+        self.inc = layers.two_conv(in_channels, ch[0], fields[0], k)
         self.downs = nn.ModuleList(
-            nn.Sequential(_plain_pool(pool, ch[i]), _plain_two_conv(ch[i], ch[i + 1], fields[i + 1], n, k))
+            nn.Sequential(layers.pool(pool, ch[i]), layers.two_conv(ch[i], ch[i + 1], fields[i + 1], k))
             for i in range(depth)
         )
         align = False if upsample == "bilinear" else None
@@ -259,11 +182,11 @@ class ExportedEscnnUNet(UNetBase):
             ExportedUp(
                 nn.Sequential(nn.Conv2d(ch[i + 1], ch[i], 1, bias=True),
                               nn.Upsample(scale_factor=2, mode=upsample, align_corners=align)),
-                _plain_two_conv(2 * ch[i], ch[i], fields[i], n, k),
+                layers.two_conv(2 * ch[i], ch[i], fields[i], k),
             )
             for i in reversed(range(depth))
         )
-        self.head = nn.Sequential(GroupMaxPool(n), nn.Conv2d(fields[0], num_classes, 1, bias=True))
+        self.head = nn.Sequential(layers.invariants(), nn.Conv2d(fields[0], num_classes, 1, bias=True))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -273,42 +196,60 @@ _BACKEND_CACHE: dict[str, dict[str, Any]] = {}
 
 
 def _backend(backend: str) -> dict[str, Any]:
-    """Backend namespace: ``gspaces``, ``nn`` and the :class:`FieldBatchNorm2d` wrapper for its GeometricTensors."""
+    """Backend namespace: ``gspaces``, ``nn`` and ``TorchOnFields``, the wrapper of a plain-torch field layer
+    (:mod:`model.field_layers`) for the library's GeometricTensors."""
     if backend not in _BACKEND_CACHE:
         gspaces, enn = _compat.import_backend(backend)
 
-        class EquivariantFieldBatchNorm(enn.EquivariantModule):
-            """:class:`FieldBatchNorm2d` on a ``GeometricTensor`` of identical fields that allow a mean shift."""
+        class TorchOnFields(enn.EquivariantModule):
+            """A plain-torch layer of :mod:`model.field_layers` on the tensor of a ``GeometricTensor``.
 
-            def __init__(self, in_type, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True):
+            The layer must be equivariant for ``in_type`` (each field layer says for which fields it is); its
+            exported counterpart is a copy of the layer itself.
+            """
+
+            def __init__(self, in_type, module: nn.Module, stride: int = 1):
                 super().__init__()
-                reprs = in_type.representations
-                if len({r.name for r in reprs}) != 1 or "pointwise" not in reprs[0].supported_nonlinearities:
-                    raise ValueError("EquivariantFieldBatchNorm needs fields of one permutation representation "
-                                     f"(e.g. regular), got {[r.name for r in reprs]}")
                 self.space, self.in_type, self.out_type = in_type.gspace, in_type, in_type
-                self.bn = FieldBatchNorm2d(len(reprs), reprs[0].size, eps, momentum, affine)
+                self.module, self.stride = module, stride
 
             def forward(self, input):  # noqa: A002 - escnn's signature
                 assert input.type == self.in_type
-                return enn.GeometricTensor(self.bn(input.tensor), self.out_type)
+                return enn.GeometricTensor(self.module(input.tensor), self.out_type)
 
             def evaluate_output_shape(self, input_shape):
-                return input_shape
+                b, c, *spatial = input_shape
+                return (b, c, *(size // self.stride for size in spatial))
 
-            def export(self) -> FieldBatchNorm2d:
-                return copy.deepcopy(self.bn).eval()
+            def export(self) -> nn.Module:
+                return copy.deepcopy(self.module).eval()
 
-        _BACKEND_CACHE[backend] = {"gspaces": gspaces, "nn": enn, "FieldBatchNorm": EquivariantFieldBatchNorm}
+        _BACKEND_CACHE[backend] = {"gspaces": gspaces, "nn": enn, "TorchOnFields": TorchOnFields}
     return _BACKEND_CACHE[backend]
 
 
-def _gspace(backend: str, group: str):
+def _gspace(backend: str, group: str, max_frequency: int = 3):
+    """The library's gspace of ``group`` acting on the plane (flips mirror left↔right, as model.equivariance)."""
     kind, n = parse_group(group)
     gs = _backend(backend)["gspaces"]
+    if n == 0:  # SO2 / O2: kernels and fields band-limited; the kernel basis needs frequencies up to 2L
+        if backend != "escnn":
+            raise ValueError(f"group {group} needs backend='escnn' (e2cnn has no Fourier non-linearity); "
+                             f"got backend={backend!r}")
+        if kind == "C":
+            return gs.rot2dOnR2(-1, maximum_frequency=2 * max_frequency)
+        return gs.flipRot2dOnR2(-1, maximum_frequency=2 * max_frequency, axis=math.pi / 2)
     if backend == "escnn":
         return gs.rot2dOnR2(n) if kind == "C" else gs.flipRot2dOnR2(n, axis=math.pi / 2)
     return gs.Rot2dOnR2(n) if kind == "C" else gs.FlipRot2dOnR2(n, axis=math.pi / 2)
+
+
+def _invariant_projector(rep) -> torch.Tensor:
+    """``P = Q diag(trivial) Qᵀ``: the projector onto the invariant subspace of an escnn representation."""
+    group = rep.group
+    mask = torch.cat([torch.full((group.irrep(*i).size,), float(group.irrep(*i).is_trivial())) for i in rep.irreps])
+    q = torch.as_tensor(rep.change_of_basis, dtype=torch.float64)
+    return (q * mask) @ q.T
 
 
 @torch.no_grad()
@@ -331,7 +272,7 @@ def he_init_(conv: nn.Module, gain: float = 2.0) -> None:
 
 
 class EscnnUNet(UNetBase):
-    """Steerable U-Net with regular feature fields of a planar group, on escnn or e2cnn.
+    """Steerable U-Net with regular (finite groups) or band-limited Fourier (SO2/O2) feature fields, on escnn or e2cnn.
 
     Args:
         in_channels: image channels, each entering as a trivial (invariant) field (3 for RGB).
@@ -339,18 +280,29 @@ class EscnnUNet(UNetBase):
         width: channels at the top level, as the plain U-Net's ``width`` (may be fractional); level ``i`` has
             ``f_i = max(1, round(width·2^i / |G|))`` regular fields of ``|G|`` channels each.
         depth: number of 2× down-samplings; H, W must be divisible by ``2**depth`` (or set ``pad``).
-        group: ``CN`` (rotations by multiples of 360°/N) or ``DN`` (and flips), see :data:`GROUPS`.
+        group: ``CN`` (rotations by multiples of 360°/N) or ``DN`` (and flips), see :data:`GROUPS`; or ``SO2``
+            (every rotation) / ``O2`` (and flips), escnn only.
         backend: ``"escnn"`` or ``"e2cnn"`` (same network, same parameter count).
-        fields: feature-field type; ``"regular"`` (permutation fields: point-wise ReLU and max pooling).
+        fields: feature-field type. ``"regular"`` (finite groups; permutation fields: point-wise ReLU and max
+            pooling). ``"fourier"`` (SO2/O2, the default there): each field holds the Fourier coefficients, up to
+            frequency ``max_frequency``, of a function on the group (escnn's band-limited regular representation,
+            irreps 0…L: 7 channels for SO2 and 14 for O2 at L = 3); the non-linearity is a ReLU of that function
+            sampled on ``fourier_samples`` rotations (escnn's ``FourierPointwise``, :class:`FourierReLU`), batch
+            norm is :class:`IrrepBatchNorm2d`, pooling anti-aliased averaging, and the head takes field norms.
+        max_frequency: band limit ``L`` of Fourier fields (kernels use frequencies up to ``2L``).
+        fourier_samples: rotations (a multiple of 4, ``>= 2L+2``; ×2 with the flips of O2) the Fourier ReLU samples:
+            exact for those, approximate in between.
         kernel_size: odd size of the steerable kernels (3, as the plain U-Net).
         pool: ``"max"`` (2×2 point-wise max pool, as the plain U-Net) or ``"antialiased"`` (2×2 max at stride 1,
             Gaussian blur σ=0.6 at stride 2: better equivariance to non-grid angles, a little slower). Default
             (``None``): ``"max"`` for groups of 90° rotations (C1, C2, C4, D1, D2, D4: exact either way),
             ``"antialiased"`` for the others (C8's 45° error on smooth input drops from 0.47× to 0.36× the plain
             U-Net's, relative max; see ``tests/test_escnn_unet.py::test_non_grid_rotations_beat_the_plain_unet``).
+            Fourier fields only allow ``"antialiased"`` (2×2 mean at stride 1, then the blur: linear, so
+            equivariant for any field).
         upsample: ``"bilinear"`` (default) or ``"nearest"`` 2× interpolation after a 1×1 steerable conv.
-        norm: ``"field"`` (:class:`FieldBatchNorm2d`, fast) or ``"inner"`` (the library's ``InnerBatchNorm``,
-            the same maths).
+        norm: ``"field"`` (:class:`FieldBatchNorm2d` for regular fields, :class:`IrrepBatchNorm2d` for Fourier
+            fields) or ``"inner"`` (regular fields: the library's ``InnerBatchNorm``, the same maths).
         init: ``"he"`` (fast He-style init, see :func:`he_init_`) or ``"escnn"`` (the library's
             ``generalized_he_init``; slow for wide nets).
         pad: pad symmetrically to a multiple of ``2**depth`` and crop the logits back.
@@ -362,19 +314,23 @@ class EscnnUNet(UNetBase):
 
     Shapes: ``(B, in_channels, H, W) -> (B, num_classes, H, W)`` (plain tensors; GeometricTensors inside).
     Exact equivariance to the group's elements that are multiples of 90° (and the flip), where H and W are
-    divisible by ``2**depth``; approximate for other angles.
+    divisible by ``2**depth``; approximate for other angles (for SO2/O2: every other angle).
     """
 
     #: Width grid step for :func:`model.width_for_params`: the default group's order (D4: 8 channels per field).
     width_multiple = 8
 
     def __init__(self, in_channels: int = 3, num_classes: int = 3, width: float = 32, depth: int = 4,
-                 group: str = "D4", backend: str = "escnn", fields: str = "regular", kernel_size: int = 3,
+                 group: str = "D4", backend: str = "escnn", fields: str | None = None, kernel_size: int = 3,
                  pool: str | None = None, upsample: str = "bilinear", norm: str = "field", init: str = "he",
-                 pad: bool = False, conv_kwargs: dict | None = None):
+                 pad: bool = False, conv_kwargs: dict | None = None, max_frequency: int = 3,
+                 fourier_samples: int = 16):
         super().__init__()
         kind, n = parse_group(group)
+        continuous = n == 0
         grid_exact = n in (1, 2, 4)  # every rotation of the group is a multiple of 90°
+        if fields is None:
+            fields = "fourier" if continuous else "regular"
         if pool is None:
             pool = "max" if grid_exact else "antialiased"
         for name, value, allowed in (("backend", backend, BACKENDS), ("fields", fields, FIELDS),
@@ -382,14 +338,25 @@ class EscnnUNet(UNetBase):
                                      ("norm", norm, NORMS), ("init", init, INITS)):
             if value not in allowed:
                 raise ValueError(f"EscnnUNet: unknown {name} {value!r}; supported: {', '.join(allowed)}")
+        if continuous != (fields == "fourier"):
+            raise ValueError(f"EscnnUNet: group {group} needs fields='{'fourier' if continuous else 'regular'}' "
+                             f"(regular fields for finite groups CN/DN, fourier fields for SO2/O2), got {fields!r}")
+        if fields == "fourier":
+            if pool != "antialiased" or norm != "field":
+                raise ValueError("EscnnUNet: fourier fields need pool='antialiased' and norm='field' (max pooling "
+                                 f"and InnerBatchNorm need permutation fields), got pool={pool!r}, norm={norm!r}")
+            if max_frequency < 1 or fourier_samples % 4 or fourier_samples < 2 * max_frequency + 2:
+                raise ValueError(f"EscnnUNet: need max_frequency >= 1 and fourier_samples a multiple of 4 and >= "
+                                 f"2·max_frequency + 2, got {max_frequency}, {fourier_samples}")
         if depth < 1:
             raise ValueError(f"EscnnUNet: depth must be >= 1, got {depth}")
         if not width > 0 or in_channels < 1 or num_classes < 1:
             raise ValueError(f"EscnnUNet: width must be > 0, in_channels and num_classes >= 1, got "
                              f"{width}, {in_channels}, {num_classes}")
         same_padding(kernel_size)
-        self.group = f"{kind}{n}"
+        self.group = group_name(kind, n)
         self.backend, self.fields_kind, self.kernel_size = backend, fields, kernel_size
+        self.max_frequency, self.fourier_samples = max_frequency, fourier_samples
         self.in_channels, self.num_classes, self.width, self.depth, self.pad = in_channels, num_classes, width, depth, pad
         self.pool_kind, self.upsample_mode, self.norm_kind, self.init_kind = pool, upsample, norm, init
         self.conv_kwargs = dict(conv_kwargs or {})
@@ -398,14 +365,18 @@ class EscnnUNet(UNetBase):
 
         lib = _backend(backend)
         enn = lib["nn"]
-        gspace = _gspace(backend, self.group)
+        gspace = _gspace(backend, self.group, max_frequency)
         self.gspace = gspace
-        order = gspace.fibergroup.order()
-        self.field_size = order
-        self.level_fields = level_fields(width, depth, order)
-        reg = gspace.regular_repr
+        if fields == "fourier":
+            self._irreps = gspace.fibergroup.bl_irreps(max_frequency)
+            field_repr = gspace.fibergroup.spectral_regular_representation(*self._irreps)
+        else:
+            field_repr = gspace.regular_repr
+        self.field_size = field_repr.size
+        self.level_fields = level_fields(width, depth, self.field_size)
+        self._projector = _invariant_projector(field_repr) if fields == "fourier" else None
         triv = gspace.trivial_repr
-        ftypes = [enn.FieldType(gspace, [reg] * f) for f in self.level_fields]
+        ftypes = [enn.FieldType(gspace, [field_repr] * f) for f in self.level_fields]
         self.in_type = enn.FieldType(gspace, [triv] * in_channels)
         self._convs: list[tuple[nn.Module, float]] = []  # (conv, He gain) for the fast init
 
@@ -417,7 +388,8 @@ class EscnnUNet(UNetBase):
         self.ups = nn.ModuleList(_EquivariantUp(self, ftypes[i + 1], ftypes[i]) for i in reversed(range(depth)))
         pooled = enn.FieldType(gspace, [triv] * self.level_fields[0])
         self.out_type = enn.FieldType(gspace, [triv] * num_classes)
-        self.head = enn.SequentialModule(enn.GroupPooling(ftypes[0]), self._conv(pooled, self.out_type, 1, True, 1.0))
+        invariants = enn.GroupPooling(ftypes[0]) if fields == "regular" else enn.NormPool(ftypes[0])
+        self.head = enn.SequentialModule(invariants, self._conv(pooled, self.out_type, 1, True, 1.0))
         if init == "he":
             for conv, gain in self._convs:
                 he_init_(conv, gain)
@@ -439,19 +411,32 @@ class EscnnUNet(UNetBase):
         return conv
 
     def _norm(self, ftype) -> nn.Module:
+        on_fields = _backend(self.backend)["TorchOnFields"]
+        if self.fields_kind == "fourier":
+            return on_fields(ftype, IrrepBatchNorm2d(len(ftype), self.field_size, self._projector))
         if self.norm_kind == "field":
-            return _backend(self.backend)["FieldBatchNorm"](ftype)
+            return on_fields(ftype, FieldBatchNorm2d(len(ftype), self.field_size))
         return self._enn.InnerBatchNorm(ftype)
+
+    def _act(self, ftype) -> nn.Module:
+        if self.fields_kind == "fourier":
+            act = self._enn.FourierPointwise(self.gspace, len(ftype), self._irreps, function="p_relu", inplace=True,
+                                             type="regular", N=self.fourier_samples)
+            assert act.in_type == ftype
+            return act
+        return self._enn.ReLU(ftype, inplace=True)
 
     def _two_conv(self, in_type, out_type) -> nn.Module:
         enn, k = self._enn, self.kernel_size
         return enn.SequentialModule(
-            self._conv(in_type, out_type, k, False, 2.0), self._norm(out_type), enn.ReLU(out_type, inplace=True),
-            self._conv(out_type, out_type, k, False, 2.0), self._norm(out_type), enn.ReLU(out_type, inplace=True),
+            self._conv(in_type, out_type, k, False, 2.0), self._norm(out_type), self._act(out_type),
+            self._conv(out_type, out_type, k, False, 2.0), self._norm(out_type), self._act(out_type),
         )
 
     def _pool(self, ftype) -> nn.Module:
         enn = self._enn
+        if self.fields_kind == "fourier":
+            return _backend(self.backend)["TorchOnFields"](ftype, AntialiasedPool2d(ftype.size, mode="avg"), stride=2)
         if self.backend == "escnn":
             cls = enn.PointwiseMaxPool2D if self.pool_kind == "max" else enn.PointwiseMaxPoolAntialiased2D
         else:
@@ -470,7 +455,13 @@ class EscnnUNet(UNetBase):
         """Constructor arguments of the :class:`ExportedEscnnUNet` equivalent to this model (plain values)."""
         return dict(in_channels=self.in_channels, num_classes=self.num_classes, depth=self.depth,
                     fields=list(self.level_fields), field_size=self.field_size, kernel_size=self.kernel_size,
-                    pool=self.pool_kind, upsample=self.upsample_mode, pad=self.pad, group=self.group)
+                    pool=self.pool_kind, upsample=self.upsample_mode, pad=self.pad, group=self.group,
+                    field_kind=self.fields_kind, fourier_points=self._fourier_points())
+
+    def _fourier_points(self) -> int:
+        """Rows of the Fourier ReLU's sampling matrix (group elements sampled), 0 for regular fields."""
+        acts = [m for m in self.modules() if type(m).__name__ == "FourierPointwise"]
+        return int(acts[0].A.shape[0]) if acts else 0
 
     @torch.no_grad()
     def export(self) -> ExportedEscnnUNet:
@@ -570,8 +561,11 @@ def _copy_into(src: nn.Module, dst: nn.Module) -> None:
         dst.weight.copy_(kernel.reshape(dst.weight.shape))
         if dst.bias is not None:
             dst.bias.copy_(bias)
-    elif name == "EquivariantFieldBatchNorm":
-        dst.load_state_dict(src.bn.state_dict())
+    elif name == "TorchOnFields":  # a model.field_layers module: copy every parameter and buffer
+        dst.load_state_dict({**dict(src.module.named_buffers()), **dict(src.module.named_parameters())})
+    elif name == "FourierPointwise":
+        dst.A.copy_(src.A)
+        dst.Ainv.copy_(src.Ainv)
     elif name == "InnerBatchNorm":
         bns = [m for m in src.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if len(bns) != 1:
@@ -582,7 +576,7 @@ def _copy_into(src: nn.Module, dst: nn.Module) -> None:
                              "running_var": bn.running_var, "num_batches_tracked": bn.num_batches_tracked})
     elif name.startswith("PointwiseMaxPoolAntialiased"):
         dst.filter.copy_(src.filter)
-    elif name in ("ReLU", "PointwiseMaxPool2D", "PointwiseMaxPool", "R2Upsampling", "GroupPooling"):
+    elif name in ("ReLU", "PointwiseMaxPool2D", "PointwiseMaxPool", "R2Upsampling", "GroupPooling", "NormPool"):
         pass  # no state
     else:
         raise RuntimeError(f"export: no plain-torch counterpart for {name}")
@@ -592,4 +586,5 @@ def _copy_into(src: nn.Module, dst: nn.Module) -> None:
 escnnUnetVariant = EscnnUNet
 
 __all__ = ["EscnnUNet", "escnnUnetVariant", "ExportedEscnnUNet", "FieldBatchNorm2d", "AntialiasedMaxPool2d",
-           "GroupMaxPool", "he_init_", "parse_group", "group_order", "level_fields", "BACKENDS", "GROUPS"]
+           "AntialiasedPool2d", "GroupMaxPool", "FieldNormPool", "IrrepBatchNorm2d", "FourierReLU", "he_init_",
+           "parse_group", "group_name", "group_order", "level_fields", "BACKENDS", "GROUPS", "CONTINUOUS_GROUPS"]

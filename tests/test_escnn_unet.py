@@ -5,6 +5,7 @@ escnn builds are slow on a shared CPU, so most tests use small widths/depths; th
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from model.equivariance import (  # noqa: E402
     disk_on_canvas, equivariance_error, mean_rotation_errors, smooth_noise,
 )
 from model.escnnUnet import (  # noqa: E402
-    GROUPS, EscnnUNet, FieldBatchNorm2d, escnnUnetVariant, group_order,
+    CONTINUOUS_GROUPS, GROUPS, EscnnUNet, FieldBatchNorm2d, escnnUnetVariant, group_order,
 )
 from model.unet import UNet  # noqa: E402
 
@@ -39,6 +40,11 @@ def _run_python(code: str, env: dict | None = None, timeout: int = 600) -> subpr
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max().detach() / b.abs().max().detach())
+
+
+def _one_field(group: str) -> int:
+    """A width giving one field per level: ``|G|`` for finite groups; any width ≤ a Fourier field's size for SO2/O2."""
+    return 1 if group in CONTINUOUS_GROUPS else group_order(group)
 
 
 def _train_steps(model: torch.nn.Module, x: torch.Tensor, steps: int = 3) -> None:
@@ -81,11 +87,31 @@ def test_exact_subgroup_of_c8_and_d8() -> None:
         assert max(errors.values()) <= 1e-5, errors
 
 
+@pytest.mark.parametrize("group, grid_group", [("SO2", "C4"), ("O2", "D4")])
+def test_continuous_groups_exact_on_the_grid(group: str, grid_group: str) -> None:
+    """SO2/O2 (Fourier fields): their 90° rotations (and flips) act exactly on the grid, so the error is at float
+    precision there, in train and eval mode and after 3 steps; export matches."""
+    torch.manual_seed(0)
+    model = EscnnUNet(width=32, depth=2, group=group)
+    assert model.fields_kind == "fourier" and model.field_size == {"SO2": 7, "O2": 14}[group]
+    x = torch.randn(2, 3, 64, 64)
+    for stage in ("init", "after 3 steps"):
+        if stage == "after 3 steps":
+            _train_steps(model, x)
+        for mode in ("train", "eval"):
+            model.train(mode == "train")
+            errors = equivariance_error(model, x, grid_group)
+            assert len(errors) == group_order(grid_group)
+            assert max(errors.values()) <= 1e-5, f"{group} {stage} {mode}: {errors}"
+    with torch.no_grad():
+        assert _rel(model.export()(x), model(x)) <= 1e-5
+
+
 # ------------------------------------------------------------------------------------------------------ export
 @pytest.mark.parametrize("group", GROUPS)
 def test_export_matches_every_group(group: str) -> None:
     torch.manual_seed(0)
-    model = EscnnUNet(width=group_order(group), depth=1, group=group, pool="antialiased")
+    model = EscnnUNet(width=_one_field(group), depth=1, group=group, pool="antialiased")
     x = torch.randn(2, 3, 16, 16)
     _train_steps(model, x, steps=1)  # non-trivial batch-norm statistics
     model.eval()
@@ -161,12 +187,12 @@ def test_every_group_builds_in_a_fresh_escnn_cache(tmp_path: Path) -> None:
     cache = tmp_path / "escnn_cache"
     result = _run_python(f"""
         import torch
-        from model.escnnUnet import EscnnUNet, GROUPS, group_order
+        from model.escnnUnet import EscnnUNet, GROUPS, CONTINUOUS_GROUPS, group_order
         from model import escnn_compat
         assert escnn_compat.cache_dir() == {str(cache)!r}, escnn_compat.cache_dir()
         assert escnn_compat.sklearn_svd_disabled()
         for g in GROUPS:
-            m = EscnnUNet(width=group_order(g), depth=1, group=g).eval()
+            m = EscnnUNet(width=1 if g in CONTINUOUS_GROUPS else group_order(g), depth=1, group=g).eval()
             assert m(torch.randn(1, 3, 8, 8)).shape == (1, 3, 8, 8)
         print("OK")
     """, env={"ESCNN_CACHE_DIR": str(cache)})
@@ -278,6 +304,16 @@ def test_errors_name_what_is_supported() -> None:
         EscnnUNet(backend="tf")
     with pytest.raises(ValueError, match="unknown pool"):
         EscnnUNet(pool="min")
+    with pytest.raises(ValueError, match=r"SO2 needs backend='escnn'.*e2cnn"):
+        EscnnUNet(group="SO2", backend="e2cnn", width=8, depth=1)
+    with pytest.raises(ValueError, match=r"group SO2 needs fields='fourier'"):
+        EscnnUNet(group="SO2", fields="regular")
+    with pytest.raises(ValueError, match=r"group D4 needs fields='regular'"):
+        EscnnUNet(group="D4", fields="fourier")
+    with pytest.raises(ValueError, match=r"fourier fields need pool='antialiased'.*pool='max'"):
+        EscnnUNet(group="O2", pool="max")
+    with pytest.raises(ValueError, match="fourier_samples a multiple of 4"):
+        EscnnUNet(group="SO2", fourier_samples=10)
     model = EscnnUNet(width=8, depth=2, group="C4")
     with pytest.raises(ValueError, match="multiple of 4"):
         model(torch.randn(1, 3, 10, 12))
@@ -344,12 +380,13 @@ def test_he_init_keeps_escnn_activation_scale() -> None:
 
 
 # ------------------------------------------------------------------------------ approximate (non-grid) angles
-NON_GRID_CASES = (("C8", (45.0,)), ("D8", (45.0,)), ("C16", (45.0, 22.5)))
+NON_GRID_CASES = (("C8", (45.0,)), ("D8", (45.0,)), ("C16", (45.0, 22.5)), ("SO2", (45.0, 22.5)), ("O2", (45.0,)))
 
 
 @pytest.mark.slow
 def test_non_grid_rotations_beat_the_plain_unet(record_property) -> None:
-    """45° (C8, D8, C16) and 22.5° (C16) errors on smooth input ≤ 0.5 × the plain U-Net's (same width and depth).
+    """45° (C8, D8, C16, SO2, O2) and 22.5° (C16, SO2) errors on smooth input ≤ 0.5 × the plain U-Net's (same width
+    and depth).
 
     Protocol (model/equivariance.py): Gaussian-blurred noise of size 128 (σ = 3 px), its inscribed disk on a
     192² zero canvas (so rotation moves no content out of or into the frame, and the frame, where every conv
@@ -379,3 +416,39 @@ def test_non_grid_rotations_beat_the_plain_unet(record_property) -> None:
     record_property("rotation_errors", text)
     print(text)
     assert not failures, failures
+
+
+def test_irrep_batchnorm_and_fourier_relu_are_equivariant_for_every_angle() -> None:
+    """The Fourier-field layers commute with ρ(g) on the fibres for any rotation g of SO(2) (batch statistics and
+    running statistics alike), and FourierReLU computes escnn's FourierPointwise."""
+    from escnn import gspaces, nn as enn
+
+    from model.escnnUnet import FourierReLU, IrrepBatchNorm2d, _invariant_projector
+
+    gspace = gspaces.rot2dOnR2(-1, maximum_frequency=6)
+    group = gspace.fibergroup
+    irreps = group.bl_irreps(3)
+    rho = group.spectral_regular_representation(*irreps)
+    ftype = enn.FieldType(gspace, [rho] * 3)
+    torch.manual_seed(0)
+    x = torch.randn(4, 21, 5, 6) * 2 + 1
+    bn = IrrepBatchNorm2d(3, rho.size, _invariant_projector(rho))
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.normal_()
+    library = enn.FourierPointwise(gspace, 3, irreps, function="p_relu", type="regular", N=16)
+    relu = FourierReLU(rho.size, library.A.shape[0])
+    relu.A.copy_(library.A)
+    relu.Ainv.copy_(library.Ainv)
+    assert _rel(relu(x), library(enn.GeometricTensor(x, ftype)).tensor) <= 1e-6
+
+    def fibre(v: torch.Tensor, angle: float) -> torch.Tensor:  # ρ(g) on every field, pixels unchanged
+        r = torch.as_tensor(rho(group.element(angle)), dtype=v.dtype)
+        return torch.einsum("ij,bfjhw->bfihw", r, v.view(4, 3, rho.size, 5, 6)).reshape(v.shape)
+
+    for angle in (0.3, math.pi / 4, 2.0):
+        for mode in ("train", "eval"):
+            bn.train(mode == "train")
+            assert _rel(bn(fibre(x, angle)), fibre(bn(x), angle)) <= 1e-5, (angle, mode)
+    assert _rel(relu(fibre(x, math.pi / 2)), fibre(relu(x), math.pi / 2)) <= 1e-5  # a sampled rotation: exact
+    assert _rel(relu(fibre(x, 0.3)), fibre(relu(x), 0.3)) <= 0.2  # between samples: approximate
