@@ -23,7 +23,6 @@ Rows (``moment_rows(quick, device)`` returns them as dicts; ``benchmarks/models.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import sys

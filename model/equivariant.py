@@ -400,7 +400,7 @@ class MomentConv2d(nn.Module):
                              persistent=False)
 
         # ---- index bookkeeping (vectorised over field pairs; loops only over the few terms) ----
-        c_in, c_out = in_type.channels, out_type.channels
+        c_in = in_type.channels
         S_i, V_i, S_o, V_o = in_type.n_scalar, in_type.n_vector, out_type.n_scalar, out_type.n_vector
         fields = {"ss": (S_o, S_i), "sv": (V_o, S_i), "vs": (S_o, V_i), "vv": (V_o, V_i)}
 
@@ -476,7 +476,7 @@ class MomentConv2d(nn.Module):
 
     # -- assembly ------------------------------------------------------------------------------------------
     def _assemble(self, weight: Tensor) -> Tensor:
-        c_out, c_in, k = self.out_type.channels, self.in_type.channels, self.kernel_size
+        c_out, c_in = self.out_type.channels, self.in_type.channels
         nb = self.basis.shape[0]
         vals = weight.index_select(0, self._src)  # backward: index_add (no sort)
         if self._has_signs:

@@ -27,7 +27,8 @@ so their equivariance is approximate; it is still much better than a plain U-Net
 
 SO2 and O2 (escnn only) use band-limited Fourier fields instead of regular ones (``fields="fourier"``, see
 :class:`EscnnUNet`): the same diagram with ``f_i = round(width·2^i / d)`` fields of ``d`` channels (7 for SO2, 14 for
-O2 at frequency ≤ 3), a sampled ReLU (:class:`FourierReLU`), :class:`IrrepBatchNorm2d`, anti-aliased average
+O2 at frequency ≤ 3), a sampled ReLU (:class:`FourierReLU` with escnn's ``FourierPointwise`` sampling matrices),
+:class:`IrrepBatchNorm2d`, anti-aliased average
 pooling and field norms as invariants. Exact on the grid for 90° rotations and flips, and much closer to
 equivariant at other angles than the finite groups.
 
@@ -420,10 +421,16 @@ class EscnnUNet(UNetBase):
 
     def _act(self, ftype) -> nn.Module:
         if self.fields_kind == "fourier":
-            act = self._enn.FourierPointwise(self.gspace, len(ftype), self._irreps, function="p_relu", inplace=True,
-                                             type="regular", N=self.fourier_samples)
-            assert act.in_type == ftype
-            return act
+            # escnn's FourierPointwise gives the sampling matrices A, A⁺; FourierReLU applies them as grouped 1×1
+            # convolutions (the same maths as its einsum, faster on CPU)
+            library = self._enn.FourierPointwise(self.gspace, len(ftype), self._irreps, function="p_relu",
+                                                 type="regular", N=self.fourier_samples)
+            if library.in_type != ftype:
+                raise RuntimeError("EscnnUNet: FourierPointwise field type differs from the conv's output type")
+            relu = FourierReLU(self.field_size, library.A.shape[0])
+            relu.A.copy_(library.A)
+            relu.Ainv.copy_(library.Ainv)
+            return _backend(self.backend)["TorchOnFields"](ftype, relu)
         return self._enn.ReLU(ftype, inplace=True)
 
     def _two_conv(self, in_type, out_type) -> nn.Module:
@@ -460,8 +467,8 @@ class EscnnUNet(UNetBase):
 
     def _fourier_points(self) -> int:
         """Rows of the Fourier ReLU's sampling matrix (group elements sampled), 0 for regular fields."""
-        acts = [m for m in self.modules() if type(m).__name__ == "FourierPointwise"]
-        return int(acts[0].A.shape[0]) if acts else 0
+        acts = [m for m in self.modules() if isinstance(m, FourierReLU)]
+        return acts[0].samples if acts else 0
 
     @torch.no_grad()
     def export(self) -> ExportedEscnnUNet:
@@ -563,9 +570,6 @@ def _copy_into(src: nn.Module, dst: nn.Module) -> None:
             dst.bias.copy_(bias)
     elif name == "TorchOnFields":  # a model.field_layers module: copy every parameter and buffer
         dst.load_state_dict({**dict(src.module.named_buffers()), **dict(src.module.named_parameters())})
-    elif name == "FourierPointwise":
-        dst.A.copy_(src.A)
-        dst.Ainv.copy_(src.Ainv)
     elif name == "InnerBatchNorm":
         bns = [m for m in src.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if len(bns) != 1:

@@ -241,7 +241,7 @@ class FourierReLU(nn.Module):
 
     Equivariant to the sampled elements exactly (they permute the samples: with ``S`` a multiple of 4 that covers
     the 90° rotations, and the flips for O(2)), and approximately to the others (band-limit ``L``, ``S`` samples).
-    ``A`` and ``A⁺`` are buffers, filled from the escnn module by ``EscnnUNet.export()``.
+    ``A`` and ``A⁺`` are buffers, copied from escnn's ``FourierPointwise`` when ``EscnnUNet`` is built.
     """
 
     def __init__(self, field_size: int, samples: int):
@@ -251,11 +251,12 @@ class FourierReLU(nn.Module):
         self.register_buffer("Ainv", torch.zeros(field_size, samples))
 
     def forward(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
-        d = self.field_size
-        fields = x.view(b, c // d, d, h, w)
-        sampled = torch.relu(torch.einsum("bfdhw,sd->bfshw", fields, self.A.to(x.dtype)))
-        return torch.einsum("bfshw,ds->bfdhw", sampled, self.Ainv.to(x.dtype)).reshape(b, c, h, w)
+        # A and A⁺ on every field at once: two grouped 1×1 convolutions (one group per field), faster on CPU than
+        # escnn's einsum and the same maths up to float rounding.
+        nf = x.shape[1] // self.field_size
+        to_samples = self.A.to(x.dtype).repeat(nf, 1)[:, :, None, None]  # (F·S, d, 1, 1)
+        to_fields = self.Ainv.to(x.dtype).repeat(nf, 1)[:, :, None, None]  # (F·d, S, 1, 1)
+        return F.conv2d(torch.relu(F.conv2d(x, to_samples, groups=nf)), to_fields, groups=nf)
 
     def extra_repr(self) -> str:
         return f"field_size={self.field_size}, samples={self.samples}"
