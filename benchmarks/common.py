@@ -33,6 +33,19 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2, device: s
     return statistics.median(times)
 
 
+def interleaved_min(timers: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    """Call every timer once per round, in turn, and keep each one's fastest round.
+
+    Models compared in a ratio are measured alternately, so a slow spell of the machine (other load, clock
+    changes) hits both sides instead of one; machine noise only adds time, so the minimum is the best estimate.
+    """
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            best[name] = min(best.get(name, float("inf")), timer())
+    return best
+
+
 def forward_ms(model: nn.Module, x: torch.Tensor, repeats: int, device: str = "cpu") -> float:
     """Eval-mode forward time (no autograd)."""
     model.eval()

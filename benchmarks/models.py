@@ -4,8 +4,8 @@
     python benchmarks/models.py --quick    # about a minute (batch 2×3×128×128, width 16)
     python benchmarks/models.py --device cuda --batch 8 --size 512
 
-The plain U-Net is measured in the same run, on the same input; every other row is reported as a ratio to
-it. The equivariance column is the largest relative error over the exact (pixel-grid) elements of each
+The plain U-Net is measured in the same run, on the same input, in interleaved rounds with the others (the
+fastest round of each is kept); every other row is reported as a ratio to it. The equivariance column is the largest relative error over the exact (pixel-grid) elements of each
 model's group (D4 for the plain U-Net, which is not equivariant, so it shows how far off it is), in eval mode.
 Issue-specific tables (moment kernels, escnn) live in benchmarks/moment.py and benchmarks/steerable.py and are
 appended when those modules are present.
@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import forward_ms, print_table, tf32_off, train_step_ms  # noqa: E402
+from benchmarks.common import forward_ms, interleaved_min, print_table, tf32_off, train_step_ms  # noqa: E402
 
 from model import build_model, count_parameters, list_models  # noqa: E402
 from model.equivariance import equivariance_error  # noqa: E402
@@ -37,23 +37,28 @@ MODELS = [
 ]
 
 
-def model_rows(width: float, depth: int, x: torch.Tensor, repeats: int, device: str) -> list[dict]:
-    rows, base = [], None
+def model_rows(width: float, depth: int, x: torch.Tensor, repeats: int, device: str, rounds: int = 3) -> list[dict]:
+    """One row per model; forward and train-step times are measured in interleaved rounds (fastest kept)."""
+    nets = {}
     for label, name, kwargs in MODELS:
         if name not in list_models():
             continue
         t0 = time.perf_counter()
         try:
-            net = build_model(name, width=width, depth=depth, **kwargs).to(device)
+            nets[label] = (build_model(name, width=width, depth=depth, **kwargs).to(device), time.perf_counter() - t0)
         except (ImportError, ModuleNotFoundError) as err:  # a model whose module is not there yet
             print(f"skipping {label}: {err}", file=sys.stderr)
-            continue
-        build_s = time.perf_counter() - t0
-        fwd = forward_ms(net, x, repeats, device)
-        step = train_step_ms(net, x, repeats, device)
+    timers = {}
+    for label, (net, _) in nets.items():
+        timers[(label, "forward")] = lambda net=net: forward_ms(net, x, repeats, device)
+        timers[(label, "train")] = lambda net=net: train_step_ms(net, x, repeats, device)
+    times = interleaved_min(timers, rounds)
+    rows, base = [], None
+    for label, (net, build_s) in nets.items():
         net.eval()
         group = getattr(net, "group", None)
         err = max(equivariance_error(net, x[:1], group or "D4", exact_only=True).values())
+        fwd, step = times[(label, "forward")], times[(label, "train")]
         row = {"model": label, "params": count_parameters(net), "build s": build_s,
                "forward ms": fwd, "train ms": step, "max err (grid)": err, "group": group or "none (D4 err)"}
         if base is None:

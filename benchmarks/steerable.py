@@ -36,30 +36,33 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import forward_ms, train_step_ms  # noqa: E402
+from benchmarks.common import forward_ms, interleaved_min, train_step_ms  # noqa: E402
 from model import count_parameters, width_for_params  # noqa: E402
 from model.escnnUnet import EscnnUNet  # noqa: E402
 from model.unet import UNet  # noqa: E402
 
 
 def speed_rows(quick: bool, device: str, groups=("D4",), backends=("escnn",)) -> list[dict]:
-    """Train step, eval forward and exported forward vs the plain U-Net at equal channels and equal parameters."""
+    """Train step, eval forward and exported forward vs the plain U-Net at equal channels and equal parameters.
+
+    Each comparison is timed in interleaved rounds (:func:`benchmarks.common.interleaved_min`): 3 rounds, except the
+    slow equal-parameter nets on CPU (1 round).
+    """
     depth = 2 if quick else 4
-    shape = (8, 3, 512, 512) if device.startswith("cuda") else ((1, 3, 128, 128) if quick else (2, 3, 256, 256))
-    repeats = 3 if quick else (20 if device.startswith("cuda") else 3)
+    cuda = device.startswith("cuda")
+    shape = (8, 3, 512, 512) if cuda else ((1, 3, 128, 128) if quick else (2, 3, 256, 256))
+    repeats = 3 if quick else (20 if cuda else 3)
     torch.manual_seed(0)
     x = torch.randn(*shape, device=device)
     rows = []
-    plain_cache: dict[int, tuple[float, float, int]] = {}
+    plain_nets: dict[float, UNet] = {}
 
-    def plain(width: int) -> tuple[float, float, int]:
-        if width not in plain_cache:
-            net = UNet(width=width, depth=depth).to(device)
-            plain_cache[width] = (train_step_ms(net, x, repeats, device, num_classes=3), forward_ms(net, x, repeats, device),
-                                  count_parameters(net))
-        return plain_cache[width]
+    def plain(width: float) -> UNet:
+        if width not in plain_nets:
+            plain_nets[width] = UNet(width=width, depth=depth).to(device)
+        return plain_nets[width]
 
-    target = count_parameters(UNet(width=32, depth=depth))
+    target = count_parameters(plain(32))
     for backend in backends:
         for group in groups:
             for comparison in ("equal_channels", "equal_params"):
@@ -68,23 +71,32 @@ def speed_rows(quick: bool, device: str, groups=("D4",), backends=("escnn",)) ->
                 t0 = time.perf_counter()
                 net = EscnnUNet(width=width, depth=depth, group=group, backend=backend).to(device)
                 build_s = time.perf_counter() - t0
-                tr, ev = train_step_ms(net, x, repeats, device, num_classes=3), forward_ms(net, x, repeats, device)
                 exported = net.export()
-                ex = forward_ms(exported, x, repeats, device)
-                # plain reference: same width (equal channels per level) and, for equal params, the default net
-                p_tr, p_ev, p_params = plain(32)
-                s_tr, s_ev, _ = plain(width)  # same channels per level as this escnn net (for the export ratio)
+                same = plain(width)  # same channels per level as this escnn net (for the export ratio)
+                timers = {
+                    "train": lambda net=net: train_step_ms(net, x, repeats, device, num_classes=3),
+                    "plain_train": lambda: train_step_ms(plain(32), x, repeats, device, num_classes=3),
+                    "eval": lambda net=net: forward_ms(net, x, repeats, device),
+                    "plain_eval": lambda: forward_ms(plain(32), x, repeats, device),
+                    "exported_eval": lambda exported=exported: forward_ms(exported, x, repeats, device),
+                }
+                if width != 32:
+                    timers["same_eval"] = lambda same=same: forward_ms(same, x, repeats, device)
+                rounds = 1 if (comparison == "equal_params" and not cuda) else 3
+                t = interleaved_min(timers, rounds)
+                same_eval = t.get("same_eval", t["plain_eval"])
                 rows.append(dict(
                     kind="speed", model="escnn_unet", backend=backend, group=group, comparison=comparison,
                     device=device, batch=list(shape), depth=depth, width=width, params=count_parameters(net),
-                    plain_width=32, plain_params=p_params, build_s=round(build_s, 2),
-                    train_ms=round(tr, 2), eval_ms=round(ev, 2), exported_eval_ms=round(ex, 2),
-                    plain_train_ms=round(p_tr, 2), plain_eval_ms=round(p_ev, 2),
-                    train_ratio=round(tr / p_tr, 3), eval_ratio=round(ev / p_ev, 3),
-                    exported_vs_plain_same_channels=round(ex / s_ev, 3),
+                    plain_width=32, plain_params=target, build_s=round(build_s, 2), rounds=rounds,
+                    train_ms=round(t["train"], 2), eval_ms=round(t["eval"], 2),
+                    exported_eval_ms=round(t["exported_eval"], 2),
+                    plain_train_ms=round(t["plain_train"], 2), plain_eval_ms=round(t["plain_eval"], 2),
+                    train_ratio=round(t["train"] / t["plain_train"], 3), eval_ratio=round(t["eval"] / t["plain_eval"], 3),
+                    exported_vs_plain_same_channels=round(t["exported_eval"] / same_eval, 3),
                 ))
-                del net, exported
-                if device.startswith("cuda"):
+                del net, exported, timers
+                if cuda:
                     torch.cuda.empty_cache()
     return rows
 
