@@ -13,6 +13,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _register_norm_state(module: nn.Module, num_fields: int, affine: bool, field_shape: tuple[int, ...]) -> None:
+    """Affine ``weight`` (one scale a field) and ``bias``, ``running_mean`` (both ``(num_fields, *field_shape)``),
+    ``running_var`` (one a field) and ``num_batches_tracked``, as ``nn.BatchNorm2d`` has them."""
+    if affine:
+        module.weight = nn.Parameter(torch.ones(num_fields))
+        module.bias = nn.Parameter(torch.zeros(num_fields, *field_shape))
+    else:
+        module.register_parameter("weight", None)
+        module.register_parameter("bias", None)
+    module.register_buffer("running_mean", torch.zeros(num_fields, *field_shape))
+    module.register_buffer("running_var", torch.ones(num_fields))
+    module.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+
+@torch.no_grad()
+def _update_running_stats(module: nn.Module, mean: Tensor, var: Tensor, count: int) -> None:
+    """``running ← (1 − momentum)·running + momentum·batch``, the variance made unbiased with ``count`` samples."""
+    module.running_mean.lerp_(mean.to(module.running_mean.dtype), module.momentum)
+    module.running_var.lerp_((var * (count / max(count - 1, 1))).to(module.running_var.dtype), module.momentum)
+    module.num_batches_tracked.add_(1)
+
+
 class FieldBatchNorm2d(nn.Module):
     """Batch norm with statistics and affine shared within each field of ``field_size`` channels.
 
@@ -42,15 +64,7 @@ class FieldBatchNorm2d(nn.Module):
                  affine: bool = True):
         super().__init__()
         self.num_fields, self.field_size, self.eps, self.momentum = num_fields, field_size, eps, momentum
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_fields))
-            self.bias = nn.Parameter(torch.zeros(num_fields))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        self.register_buffer("running_mean", torch.zeros(num_fields))
-        self.register_buffer("running_var", torch.ones(num_fields))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        _register_norm_state(self, num_fields, affine, ())
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
@@ -75,12 +89,7 @@ class FieldBatchNorm2d(nn.Module):
         mean_c, var_c = mean_c.view(nf, n), var_c.view(nf, n)
         mean = mean_c.mean(1)
         var = (var_c + (mean_c - mean[:, None]) ** 2).mean(1)
-        with torch.no_grad():
-            count = b * n * h * w
-            unbiased = var * (count / max(count - 1, 1))
-            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
-            self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
-            self.num_batches_tracked.add_(1)
+        _update_running_stats(self, mean, var, count=b * n * h * w)
         scale = torch.rsqrt(var + self.eps)
         if self.weight is not None:
             scale = scale * self.weight
@@ -132,7 +141,8 @@ AntialiasedMaxPool2d = AntialiasedPool2d
 
 
 class GroupMaxPool(nn.Module):
-    """Max over the ``field_size`` channels of every field: ``(B, F·N, H, W) -> (B, F, H, W)`` invariants."""
+    """Max over the ``field_size`` channels of every field: ``(B, F·N, H, W) -> (B, F, H, W)`` invariants of
+    permutation (regular) fields (escnn's ``GroupPooling``)."""
 
     def __init__(self, field_size: int):
         super().__init__()
@@ -140,20 +150,21 @@ class GroupMaxPool(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        return x.view(b, c // self.field_size, self.field_size, h, w).amax(dim=2)
+        return self.reduce(x.view(b, c // self.field_size, self.field_size, h, w))
+
+    @staticmethod
+    def reduce(fields: Tensor) -> Tensor:
+        """``(B, F, d, H, W) -> (B, F, H, W)``."""
+        return fields.amax(dim=2)
 
 
-class FieldNormPool(nn.Module):
+class FieldNormPool(GroupMaxPool):
     """Euclidean norm of every field, ``(B, F·d, H, W) -> (B, F, H, W)``: invariants of orthogonal fields
     (escnn's ``NormPool``)."""
 
-    def __init__(self, field_size: int):
-        super().__init__()
-        self.field_size = field_size
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
-        return x.view(b, c // self.field_size, self.field_size, h, w).norm(dim=2)
+    @staticmethod
+    def reduce(fields: Tensor) -> Tensor:
+        return fields.norm(dim=2)
 
 
 class IrrepBatchNorm2d(nn.Module):
@@ -189,15 +200,7 @@ class IrrepBatchNorm2d(nn.Module):
         if p.shape != (field_size, field_size):
             raise ValueError(f"IrrepBatchNorm2d: projector must be {field_size}×{field_size}, got {tuple(p.shape)}")
         self.register_buffer("invariant_projector", p.clone())
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_fields))
-            self.bias = nn.Parameter(torch.zeros(num_fields, field_size))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        self.register_buffer("running_mean", torch.zeros(num_fields, field_size))
-        self.register_buffer("running_var", torch.ones(num_fields))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        _register_norm_state(self, num_fields, affine, (field_size,))
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
@@ -210,11 +213,7 @@ class IrrepBatchNorm2d(nn.Module):
             mean_c, var_c = mean_c.view(nf, d), var_c.view(nf, d)
             mean = mean_c @ p.T
             var = (var_c + (mean_c - mean) ** 2).mean(1)
-            with torch.no_grad():
-                count = b * h * w * d
-                self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
-                self.running_var.lerp_((var * (count / max(count - 1, 1))).to(self.running_var.dtype), self.momentum)
-                self.num_batches_tracked.add_(1)
+            _update_running_stats(self, mean, var, count=b * h * w * d)
         else:
             mean, var = self.running_mean.to(x.dtype), self.running_var.to(x.dtype)
         scale = torch.rsqrt(var + self.eps)
