@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from util.config import (ConfigError, ExperimentConfig, apply_overrides, config_from_parameters, expand_grid,
-                         grid_point, load_config, papermill_parameters)
+                         flatten_dict, grid_point, load_config, papermill_parameters)
 from util.dataloader import DataConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,3 +136,10 @@ def test_apply_overrides_validates_in_place():
     assert cfg.seed == 3
     with pytest.raises(ConfigError):
         apply_overrides(cfg, ["data.subset_fraction=1.5"])
+
+
+def test_flatten_dict_joins_keys_and_writes_lists_as_json():
+    nested = {"model": {"name": "unet", "kwargs": {"width": 8}}, "eval_transforms": ["rot90", "flip"], "seed": 0}
+    assert flatten_dict(nested) == {"model.name": "unet", "model.kwargs.width": 8,
+                                    "eval_transforms": '["rot90", "flip"]', "seed": 0}
+    assert flatten_dict({"a": {}}, prefix="cfg.") == {}

@@ -287,6 +287,21 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+def flatten_dict(d: typing.Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c": [1, 2]}`` -> ``{"a.b": 1, "c": "[1, 2]"}``: nested keys joined with dots, lists and
+    tuples as JSON text (for flat tables and tracker parameters)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, typing.Mapping):
+            out.update(flatten_dict(v, key + "."))
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(list(v), default=str)
+        else:
+            out[key] = v
+    return out
+
+
 def valid_keys(obj: Any = None, prefix: str = "") -> list[str]:
     """All dotted keys of a config (dataclass fields, recursively)."""
     obj = obj if obj is not None else ExperimentConfig()
@@ -550,6 +565,6 @@ def grid_point(config: ExperimentConfig, index: int) -> ExperimentConfig:
     return points[index]
 
 
-__all__ = ["ExperimentConfig", "ModelConfig", "DetectionConfig", "InferenceConfig", "DataConfig", "ConfigError",
+__all__ = ["flatten_dict", "ExperimentConfig", "ModelConfig", "DetectionConfig", "InferenceConfig", "DataConfig", "ConfigError",
            "load_config", "apply_overrides", "validate", "valid_keys", "papermill_parameters",
            "config_from_parameters", "expand_grid", "grid_point", "grid_size", "CHOICES"]

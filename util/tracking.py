@@ -24,6 +24,8 @@ from typing import Any, Mapping
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_only
 
+from util.config import flatten_dict
+
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "online", "offline", "csv")
@@ -122,7 +124,7 @@ class CometTracker(Logger):
     @rank_zero_only
     def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
         params = vars(params) if isinstance(params, Namespace) else dict(params)
-        self.experiment.log_parameters(_flatten(params))
+        self.experiment.log_parameters(flatten_dict(params))
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -133,7 +135,7 @@ class CometTracker(Logger):
     @rank_zero_only
     def log_summary(self, metrics: Mapping[str, Any]) -> None:
         """Final (test) metrics, logged as metrics and as 'others' for the experiment table."""
-        flat = _flatten(dict(metrics))
+        flat = flatten_dict(dict(metrics))
         nums = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.experiment.log_metrics(nums)
 
@@ -161,19 +163,6 @@ def _quiet_comet_env() -> None:
     own settings win)."""
     os.environ.setdefault("COMET_ERROR_TRACKING_ENABLE", "false")
     os.environ.setdefault("COMET_DISABLE_AUTO_LOGGING", "1")
-
-
-def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, key + "."))
-        elif isinstance(v, (list, tuple)):
-            out[key] = str(list(v))
-        else:
-            out[key] = v
-    return out
 
 
 def make_loggers(mode: str, run_dir: str | Path, project: str = "equivariant-ocelot",

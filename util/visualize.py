@@ -92,19 +92,6 @@ def model_label(model: str, group: str | None = None) -> str:
     return f"{model} {group}" if group else str(model)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        elif isinstance(v, (list, tuple)):
-            out[key] = json.dumps(v)
-        else:
-            out[key] = v
-    return out
-
-
 def _read_run(run_dir: Path) -> dict[str, Any]:
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     metrics: dict[str, Any] = {}
