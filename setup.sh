@@ -8,7 +8,8 @@ usage() {
 Usage: bash setup.sh [options]
 
 Creates the Python environment, installs PyTorch, escnn, e2cnn and this project (editable, with the
-notebooks/tracking/dev extras), and writes the synthetic default data set to data/synthetic_ocelot.
+notebooks/tracking/dev extras), and writes the synthetic test set to data/synthetic_ocelot (the main
+job's real data, data/brca_m2c, ships with the repository).
 
 Options:
   --conda            use a conda env built from environment.yml (needs `conda` on PATH);
@@ -20,7 +21,7 @@ Options:
                      the development machines). For a CUDA cluster use e.g.
                        --torch 'torch==2.5.1' --torch-index https://download.pytorch.org/whl/cu124
   --torch-index URL  extra index URL for torch (e.g. a CUDA wheel index)
-  --no-data          do not create the synthetic default data set
+  --no-data          do not create the synthetic data set
   --ocelot           also download the real OCELOT 2023 set into data/ocelot (about 9 GB, CC BY-NC-SA 4.0)
   --force            redo every step even when it looks done
   -h, --help         show this help
@@ -119,7 +120,11 @@ if [[ $MAKE_DATA == 1 ]]; then
   if [[ -f data/synthetic_ocelot/metadata.json && $FORCE == 0 ]]; then
     echo "    exists"
   elif "$PY" -c 'import util.synthetic' 2>/dev/null; then
-    "$PY" -m util.synthetic data/synthetic_ocelot
+    if [[ $FORCE == 1 && -e data/synthetic_ocelot ]]; then
+      "$PY" -m util.synthetic data/synthetic_ocelot --force
+    else
+      "$PY" -m util.synthetic data/synthetic_ocelot
+    fi
   else
     echo "    util.synthetic not available yet: skipped"
   fi

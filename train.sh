@@ -281,4 +281,8 @@ if [[ $STATUS -ne 0 ]]; then
     fi
     exit "$STATUS"
 fi
-echo "train.sh: done; run folder $RUN_DIR"
+if [[ -f $RUN_DIR/metrics.json ]]; then
+    python -c 'import sys; from util.evaluate import summary_line; print("train.sh:", summary_line(sys.argv[1]))' \
+        "$RUN_DIR" || true
+fi
+echo "train.sh: done in ${SECONDS} s; run folder $RUN_DIR"

@@ -1,6 +1,12 @@
-"""The input contract every model's ``forward`` shares: shape checks and optional symmetric padding.
+"""The input contract every model's ``forward`` shares: checks and optional symmetric padding.
 
-Every model takes ``x: Tensor[B, C, H, W]`` and returns logits ``Tensor[B, num_classes, H, W]``.
+Every model takes ``x: Tensor[B, C, H, W]`` and returns logits ``Tensor[B, num_classes, H, W]``. The input must be
+
+* a ``torch.Tensor`` of rank 4 (``B, C, H, W``) with ``C == in_channels``;
+* floating point (``float16/bfloat16/float32/float64``; integer images must be converted, e.g. ``x / 255``);
+* finite: NaN or ±inf anywhere raises ``ValueError`` (one ``torch.isfinite(x).all()`` per forward; set the
+  model's ``check_finite = False`` to skip it, e.g. where the host-device sync it needs on a GPU matters).
+
 ``depth`` poolings by 2 need ``H`` and ``W`` divisible by ``2**depth``; exact equivariance to the pixel-grid
 group (90° rotations, flips) also needs it, because a pooling window that straddles the image centre
 differently after a rotation breaks the symmetry. Models therefore refuse other sizes with a clear
@@ -10,19 +16,25 @@ padding on each axis is even (the same amount on both sides).
 """
 from __future__ import annotations
 
+import math
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def check_input(x: object, in_channels: int, multiple: int, pad: bool, model_name: str) -> None:
-    """Raise ``ValueError`` naming the received and expected value when ``x`` breaks the contract.
+def check_input(x: object, in_channels: int, multiple: int, pad: bool, model_name: str,
+                check_finite: bool = True) -> None:
+    """Raise ``ValueError`` (``TypeError`` for a wrong type or dtype) naming the received and expected value when
+    ``x`` breaks the contract (see the module docstring).
 
     Args:
-        x: the model input, expected ``Tensor[B, in_channels, H, W]``.
+        x: the model input, expected ``Tensor[B, in_channels, H, W]``, floating point, finite.
         in_channels: channels the model was built for.
         multiple: ``2**depth``; H and W must be divisible by it unless ``pad`` is set.
         pad: the model pads to a multiple itself, so any H, W >= 1 is fine.
         model_name: used in messages.
+        check_finite: also refuse NaN/inf values (one reduction over ``x``).
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"{model_name}: expected a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
@@ -36,7 +48,11 @@ def check_input(x: object, in_channels: int, multiple: int, pad: bool, model_nam
             f"(input shape {tuple(x.shape)}); build the model with in_channels={x.shape[1]} or fix the data"
         )
     if not x.is_floating_point():
-        raise TypeError(f"{model_name}: expected a floating-point input, got dtype {x.dtype}")
+        raise TypeError(f"{model_name}: expected a floating-point input, got dtype {x.dtype} "
+                        f"(convert images first, e.g. x.float() / 255)")
+    if check_finite and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{model_name}: input holds non-finite values ({_non_finite(x)}); expected finite "
+                         f"numbers (check the data and its normalisation)")
     if pad:
         return
     h, w = x.shape[-2:]
@@ -46,6 +62,13 @@ def check_input(x: object, in_channels: int, multiple: int, pad: bool, model_nam
             f"expected H and W divisible by {multiple}, e.g. {_round_up(h, multiple)}x{_round_up(w, multiple)}. "
             "Crop/resize the input, or build the model with pad=True (symmetric pad, cropped back)."
         )
+
+
+def _non_finite(x: Tensor) -> str:
+    """``"3 NaN, 1 inf of 48 values; first at index (0, 1, 2, 3)"`` (only computed on the error path)."""
+    nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+    first = tuple(int(i) for i in (~torch.isfinite(x)).nonzero()[0])
+    return f"{nan} NaN, {inf} inf of {x.numel()} values; first at index {first}"
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -76,16 +99,18 @@ def crop_padding(y: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
 class ContractMixin:
     """Mixin for ``nn.Module`` models: ``self._run(x, fn)`` checks ``x``, pads if asked, calls ``fn``, crops.
 
-    The model must set ``in_channels``, ``depth`` and ``pad`` attributes.
+    The model must set ``in_channels``, ``depth`` and ``pad`` attributes; ``check_finite`` (default True) may be
+    set to False on an instance to skip the NaN/inf check.
     """
 
     in_channels: int
     depth: int
     pad: bool
+    check_finite: bool = True
 
     def _run(self, x: Tensor, fn) -> Tensor:
         multiple = 2**self.depth
-        check_input(x, self.in_channels, multiple, self.pad, type(self).__name__)
+        check_input(x, self.in_channels, multiple, self.pad, type(self).__name__, self.check_finite)
         if not self.pad:
             return fn(x)
         xp, padding = pad_to_multiple(x, multiple)
@@ -109,8 +134,8 @@ def level_channels(width: float, depth: int, multiple: int = 1) -> list[int]:
     ``multiple`` is e.g. the group order for regular-field equivariant models (each level is at least one
     multiple).
     """
-    if width <= 0:
-        raise ValueError(f"width must be > 0, got {width}")
+    if not (width > 0 and math.isfinite(width)):
+        raise ValueError(f"width must be a finite number > 0, got {width}")
     return [max(multiple, multiple * round(width * 2**i / multiple)) for i in range(depth + 1)]
 
 

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: a tiny synthetic OCELOT set and the optional real data in ../shared/data."""
+"""Shared pytest fixtures: a tiny synthetic OCELOT set, the shipped real set and the optional ../shared/data."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-#: Real data sets in OCELOT layout live next to the repository (never inside it).
+#: The real default set shipped in the repository (BSD-3-Clause; see its README).
+BRCA_M2C = REPO / "data" / "brca_m2c"
+#: Other real data sets in OCELOT layout, where a machine has them, live next to the repository.
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

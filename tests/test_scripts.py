@@ -6,6 +6,7 @@ Slurm submission of the same scripts is tested in ``tests/test_slurm.py``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import stat
@@ -212,4 +213,5 @@ def test_train_sh_runs_locally(tiny_ocelot_root, tmp_path):
     (run_dir,) = [p.parent for p in runs.glob("*/*/config.yaml")]
     for rel in ("config.yaml", "metrics.json", "checkpoints/last.ckpt", "v1_0.ipynb", "figures/learning_curves.png"):
         assert (run_dir / rel).is_file(), rel
-    assert f"train.sh: done; run folder {run_dir}" in proc.stdout
+    assert re.search(rf"train\.sh: done in \d+ s; run folder {re.escape(str(run_dir))}", proc.stdout)
+    assert re.search(r"train\.sh: test mF1 [01]\.\d{4} \(BC F1", proc.stdout), proc.stdout[-2000:]

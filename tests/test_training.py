@@ -247,11 +247,11 @@ def test_resume_picks_the_most_advanced_checkpoint(tmp_path):
     from util.training import latest_checkpoint
 
     assert latest_checkpoint(tmp_path) is None
-    atomic_torch_save({"global_step": 5}, tmp_path / "checkpoints" / "last.ckpt")
+    atomic_torch_save({"global_step": 5, "state_dict": {}}, tmp_path / "checkpoints" / "last.ckpt")
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "last.ckpt"
-    atomic_torch_save({"global_step": 7}, tmp_path / "hpc_ckpt_1.ckpt")  # Slurm pre-emption checkpoint
+    atomic_torch_save({"global_step": 7, "state_dict": {}}, tmp_path / "hpc_ckpt_1.ckpt")  # Slurm pre-emption
     assert latest_checkpoint(tmp_path) == tmp_path / "hpc_ckpt_1.ckpt"
-    atomic_torch_save({"global_step": 7}, tmp_path / "checkpoints" / "last.ckpt")
+    atomic_torch_save({"global_step": 7, "state_dict": {}}, tmp_path / "checkpoints" / "last.ckpt")
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "last.ckpt"  # ties go to last.ckpt
     (tmp_path / "hpc_ckpt_2.ckpt").write_bytes(b"truncated garbage")
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "last.ckpt"

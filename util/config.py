@@ -26,6 +26,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
 import shlex
 import types
 import typing
@@ -55,7 +56,12 @@ class DetectionConfig:
     """Cell detection from probability maps and the matching cut-off, in µm (converted with each sample's mpp)."""
 
     min_distance_um: float = 1.6  #: 8 px at 0.2 µm/px
-    threshold: float = 0.5
+    #: a number in [0, 1], or "auto": the value on ``threshold_grid`` that maximises validation mF1 (chosen after
+    #: training with the best checkpoint, stored in metrics.json, used for the test set and every transformed copy)
+    threshold: Union[float, str] = "auto"
+    threshold_grid: list[float] = field(default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 20)])
+    per_class_threshold: bool = False  #: with "auto": one threshold per class (BC, TC), each chosen on validation
+    min_distance_grid_um: list[float] | None = None  #: with "auto": also choose min_distance_um from these values
     sigma_um: float = 0.4  #: 2 px at 0.2 µm/px
     cutoff_um: float = 3.0  #: the OCELOT cut-off: 15 px at 0.2 µm/px
 
@@ -397,38 +403,104 @@ def apply_overrides(cfg: ExperimentConfig, overrides: Iterable[str] | str, sourc
     return cfg
 
 
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _positive(v: Any) -> bool:
+    return _finite(v) and v > 0
+
+
+def _fraction(v: Any) -> bool:
+    return _finite(v) and 0 <= v <= 1
+
+
+#: Range checks of single values: dotted key → (test, what is expected). ``None`` passes where the type allows it.
+RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "learning_rate": (lambda v: _positive(v) and v <= 1, "a finite number > 0 and <= 1"),
+    "epochs": (_positive, "an integer > 0"),
+    "max_steps": (lambda v: v is None or v > 0, "an integer > 0 or null"),
+    "weight_decay": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "momentum": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
+    "grad_clip": (lambda v: v is None or _positive(v), "null or a finite number > 0"),
+    "lambda_dice": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "lambda_ce": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "class_weights": (lambda v: v is None or (len(v) == 3 and all(_finite(w) and w >= 0 for w in v)),
+                      "null or 3 finite weights >= 0 (none, BC, TC)"),
+    "seed": (lambda v: v >= 0, "an integer >= 0"),
+    "num_nodes": (lambda v: v >= 1, "an integer >= 1"),
+    "val_every_n_epochs": (_positive, "an integer > 0"),
+    "log_every_n_steps": (_positive, "an integer > 0"),
+    "checkpoint_every_n_steps": (lambda v: v is None or v > 0, "null or an integer > 0"),
+    "target_mf1": (lambda v: v is None or _fraction(v), "null or a number in [0, 1]"),
+    "data.root": (lambda v: bool(str(v).strip()), "a folder path"),
+    "data.crop_size": (lambda v: v is None or v > 0, "null or an integer > 0"),
+    "data.batch_size": (_positive, "an integer > 0"),
+    "data.num_workers": (lambda v: v >= 0, "an integer >= 0"),
+    "data.subset_fraction": (lambda v: _finite(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "data.mask_radius_um": (_positive, "a finite number > 0 (µm)"),
+    "inference.tile_size": (lambda v: v is None or v > 0, "null or an integer > 0"),
+    "inference.overlap": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "inference.sw_batch_size": (_positive, "an integer > 0"),
+    "detection.cutoff_um": (_positive, "a finite number > 0 (µm)"),
+    "detection.min_distance_um": (_positive, "a finite number > 0 (µm)"),
+    "detection.sigma_um": (lambda v: _finite(v) and v >= 0, "a finite number >= 0 (µm)"),
+    "detection.threshold": (lambda v: v == "auto" or _fraction(v), "a number in [0, 1] or 'auto'"),
+    "detection.threshold_grid": (lambda v: bool(v) and all(_fraction(t) for t in v),
+                                 "a non-empty list of values in [0, 1]"),
+    "detection.min_distance_grid_um": (lambda v: v is None or (bool(v) and all(_positive(d) for d in v)),
+                                       "null or a non-empty list of distances > 0 (µm)"),
+}
+
+
+def _value(cfg: ExperimentConfig, key: str) -> Any:
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _model_multiple(cfg: ExperimentConfig) -> tuple[int, str] | None:
+    """``(2**depth, where depth comes from)`` of the configured model; None when the model has no depth.
+
+    The depth is ``model.kwargs.depth``, else the default of the model's constructor (which imports the model's
+    module, only then).
+    """
+    from model import model_keywords
+
+    depth = cfg.model.kwargs.get("depth")
+    where = "model.kwargs.depth"
+    if depth is None:
+        params = model_keywords(cfg.model.name) or {}
+        p = params.get("depth")
+        if p is None or not isinstance(p.default, int):
+            return None
+        depth, where = p.default, f"the default depth of {cfg.model.name!r}"
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ConfigError(f"model.kwargs.depth={depth!r}: expected an integer >= 1")
+    return 2 ** depth, f"2**depth, depth={depth} from {where}"
+
+
 def validate(cfg: ExperimentConfig) -> None:
-    """Check value ranges and choices; raise ``ConfigError`` naming the key and value."""
+    """Check value ranges and choices; raise ``ConfigError`` naming the key, the value and what is expected."""
+    from model import list_models
+
     def bad(key: str, val: Any, why: str) -> ConfigError:
         return ConfigError(f"{key}={val!r}: {why}")
 
     for key, choices in CHOICES.items():
-        obj, attr = cfg, key
-        if "." in key:
-            sec, attr = key.split(".")
-            obj = getattr(cfg, sec)
-        val = getattr(obj, attr)
+        val = _value(cfg, key)
         if key == "resume" and val not in choices:
             continue  # a checkpoint path, checked when used
         if val not in choices:
             close = difflib.get_close_matches(str(val), choices, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise bad(key, val, f"expected one of {', '.join(choices)}{hint}")
-    positive = {"learning_rate": cfg.learning_rate, "epochs": cfg.epochs, "data.batch_size": cfg.data.batch_size,
-                "detection.cutoff_um": cfg.detection.cutoff_um,
-                "detection.min_distance_um": cfg.detection.min_distance_um,
-                "val_every_n_epochs": cfg.val_every_n_epochs, "log_every_n_steps": cfg.log_every_n_steps}
-    for key, val in positive.items():
-        if not val > 0:
-            raise bad(key, val, "must be > 0")
-    if cfg.max_steps is not None and cfg.max_steps <= 0:
-        raise bad("max_steps", cfg.max_steps, "must be > 0 or null")
-    if not 0 < cfg.data.subset_fraction <= 1:
-        raise bad("data.subset_fraction", cfg.data.subset_fraction, "must be in (0, 1]")
-    if not 0 <= cfg.inference.overlap < 1:
-        raise bad("inference.overlap", cfg.inference.overlap, "must be in [0, 1)")
-    if cfg.weight_decay < 0:
-        raise bad("weight_decay", cfg.weight_decay, "must be >= 0")
+    for key, (ok, expected) in RANGES.items():
+        val = _value(cfg, key)
+        if not ok(val):
+            raise bad(key, val, f"expected {expected}")
     for t in cfg.eval_transforms:
         if t not in EVAL_TRANSFORMS:
             raise bad("eval_transforms", t, f"expected items from {', '.join(EVAL_TRANSFORMS)}")
@@ -443,8 +515,20 @@ def validate(cfg: ExperimentConfig) -> None:
     for k in cfg.model.kwargs:
         if "key" in k.lower() and "api" in k.lower():
             raise ConfigError(f"model.kwargs.{k}: secrets do not belong in a config")
-    if cfg.class_weights is not None and len(cfg.class_weights) != 3:
-        raise bad("class_weights", cfg.class_weights, "expected 3 weights (none, BC, TC)")
+    if cfg.model.name not in list_models():
+        close = difflib.get_close_matches(cfg.model.name, list_models(), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise bad("model.name", cfg.model.name, f"unknown model; {hint}expected one of {', '.join(list_models())}")
+    mult = _model_multiple(cfg)
+    if mult is not None:
+        m, why = mult
+        if cfg.data.crop_size is not None and cfg.data.crop_size % m:
+            lo = max(m, cfg.data.crop_size // m * m)
+            raise bad("data.crop_size", cfg.data.crop_size,
+                      f"expected a multiple of {m} ({why}), e.g. {lo} or {lo + m}, or null")
+        if cfg.inference.tile_size is not None and cfg.inference.tile_size < m:
+            raise bad("inference.tile_size", cfg.inference.tile_size,
+                      f"expected null or at least {m} ({why})")
 
 
 # ---------------------------------------------------------------------------------------------- loading

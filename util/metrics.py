@@ -59,7 +59,13 @@ def _as_points(a, ncols: int, what: str, index: int) -> np.ndarray:
 
 
 def _match_one(pred: np.ndarray, gt: np.ndarray, cutoff: float) -> tuple[int, int, int]:
-    """TP, FP, number of GT for one image and one class (pred N×3: x, y, conf; gt M×2: x, y)."""
+    """TP, FP, number of GT for one image and one class (pred N×3: x, y, conf; gt M×2: x, y).
+
+    The official rule, sparse: predictions in ``np.argsort(-conf)`` order each take the nearest still-unmatched
+    GT with float32 distance ``<= cutoff`` (lowest GT index among equal distances). Only pairs within the
+    cut-off matter, so a KD-tree finds them (radius padded, then the exact float32 test); a prediction
+    without any pair is a false positive, and once every GT is matched all remaining predictions are too.
+    """
     num_pred, num_gt = len(pred), len(gt)
     if num_pred == 0:
         return 0, 0, num_gt
@@ -67,19 +73,48 @@ def _match_one(pred: np.ndarray, gt: np.ndarray, cutoff: float) -> tuple[int, in
         return 0, num_pred, 0
     # float32 like the official script (its arrays are np.float32), so boundary cases round the same way
     pred, gt = pred.astype(np.float32), gt.astype(np.float32)
-    distance = np.linalg.norm(pred[:, None, :2] - gt[None, :, :2], axis=2)
     order = np.argsort(-pred[:, 2])  # same call as the official script
-    available = distance <= cutoff
-    tp = fp = 0
-    for i in order:
-        neighbours = available[i].nonzero()[0]
-        if len(neighbours) == 0:
-            fp += 1
-        else:
-            j = min(neighbours, key=lambda k: distance[i, k])
-            tp += 1
-            available[:, j] = False
-    return tp, fp, num_gt
+    ii, jj = _pairs_within(pred[:, :2], gt[:, :2], cutoff)
+    # the official distances: np.linalg.norm over (x, y) of the float32 differences, compared in float32
+    distance = np.linalg.norm(pred[ii, :2] - gt[jj, :2], axis=1)
+    ok = distance <= cutoff
+    ii, jj, distance = ii[ok], jj[ok], distance[ok]
+    if len(ii) == 0:
+        return 0, num_pred, num_gt
+    rank = np.empty(num_pred, np.int64)
+    rank[order] = np.arange(num_pred)
+    # per prediction (in matching order) its GT by increasing distance, then index: the first unmatched one
+    # of that list is ``min(available neighbours, key=distance)``
+    s = np.lexsort((jj, distance, rank[ii]))
+    r, gts = rank[ii][s], jj[s].tolist()
+    starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]]).tolist() + [len(r)]
+    matched = bytearray(num_gt)
+    tp = 0
+    for a, b in zip(starts[:-1], starts[1:]):
+        for j in gts[a:b]:
+            if not matched[j]:
+                matched[j] = 1
+                tp += 1
+                break
+        if tp == num_gt:
+            break
+    return tp, num_pred - tp, num_gt
+
+
+def _pairs_within(a: np.ndarray, b: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i, j) of all ``a[i]``, ``b[j]`` at Euclidean distance <= ``radius`` (a superset: the radius
+    is padded by 1e-5 relative + 1e-5 absolute, more than float32 rounding of distance and cut-off can move)."""
+    r = float(radius) * (1 + 1e-5) + 1e-5
+    if not np.isfinite(r):  # infinite or NaN cut-off: every pair, the exact test decides
+        ii, jj = np.meshgrid(np.arange(len(a)), np.arange(len(b)), indexing="ij")
+        return ii.ravel(), jj.ravel()
+    from scipy.spatial import cKDTree
+
+    near = cKDTree(a.astype(np.float64)).query_ball_point(b.astype(np.float64), r)
+    counts = np.array([len(x) for x in near], np.int64)
+    ii = np.concatenate([np.asarray(x, np.int64) for x in near])
+    jj = np.repeat(np.arange(len(b)), counts)
+    return ii, jj
 
 
 def cell_detection_scores(predictions: Sequence, ground_truth: Sequence,
@@ -191,32 +226,112 @@ def detect_cells(probs: Tensor | np.ndarray, min_distance: int = 3, threshold: f
     p = _gaussian_blur(p.unsqueeze(0), sigma)[0]
     fg = 1.0 - p[0]
     k = 2 * int(min_distance) + 1
-    pooled = F.max_pool2d(fg[None, None], k, stride=1, padding=k // 2)[0, 0]
+    # the k×k window maximum as a column then a row maximum (max is exact, so equal to one k×k pool, faster)
+    pooled = F.max_pool2d(fg[None, None], (k, 1), stride=1, padding=(k // 2, 0))
+    pooled = F.max_pool2d(pooled, (1, k), stride=1, padding=(0, k // 2))[0, 0]
     peaks = (fg == pooled) & (fg >= threshold)
     ys, xs = torch.nonzero(peaks, as_tuple=True)
     if len(ys) == 0:
         return np.zeros((0, 4), np.float64)
-    conf = fg[ys, xs]
     # thin plateaus: keep peaks in order of confidence, dropping any closer than min_distance to a kept one
+    # (computed as an equal row-major sweep by _thin, see there); output in order of confidence, stable
+    keep = torch.from_numpy(_thin(peaks.numpy(), float(min_distance)))
+    ys, xs = ys[keep], xs[keep]
+    conf = fg[ys, xs]
     order = torch.argsort(conf, descending=True, stable=True)
     ys, xs, conf = ys[order], xs[order], conf[order]
     cls = p[1:, ys, xs].argmax(0) + 1
-    keep = _thin(xs.numpy(), ys.numpy(), float(min_distance))
-    out = np.stack([xs.numpy()[keep], ys.numpy()[keep], cls.numpy()[keep], conf.numpy()[keep]], axis=1)
+    out = np.stack([xs.numpy(), ys.numpy(), cls.numpy(), conf.numpy()], axis=1)
     return out.astype(np.float64)
 
 
-def _thin(xs: np.ndarray, ys: np.ndarray, min_distance: float) -> np.ndarray:
-    """Indices of points kept greedily (in the given order) so that no two are closer than ``min_distance``."""
-    kept: list[int] = []
-    pts = np.stack([xs, ys], 1).astype(np.float64)
-    for i in range(len(pts)):
-        if kept:
-            d = np.linalg.norm(pts[kept] - pts[i], axis=1)
-            if (d < min_distance).any():
-                continue
-        kept.append(i)
-    return np.asarray(kept, dtype=np.int64)
+def _thin(peaks: np.ndarray, min_distance: float) -> np.ndarray:
+    """Keep mask (row-major order of ``peaks.nonzero()``) of the greedy thinning of window maxima.
+
+    The greedy: visit the peaks by decreasing value, ties in row-major order, and drop a peak closer than
+    ``d = min_distance`` (Euclidean, ``< d``) to a kept one. ``peaks`` must be maxima of their
+    ``(2·int(d)+1)²`` windows, as in :func:`detect_cells`; then the greedy equals a row-major sweep:
+
+    * two peaks at distance ``< d`` are at Chebyshev distance ``<= ceil(d) - 1 <= int(d)``, inside each other's
+      window, so both being maxima means equal values; conflicting peaks are thus ordered row-major by the
+      greedy, and a peak's fate (kept iff no kept conflicting peak precedes it) is the same in both orders;
+    * a peak with no other peak in its ``(2R+1)²`` box (``R = ceil(d) - 1``) conflicts with none: kept;
+    * the others row by row: blocked by kept peaks ``dy = 1..R`` rows up within ``|dx| <= w(dy)`` (the largest
+      ``dx`` with ``sqrt(dx² + dy²) < d``, a cumulative-sum box test), then the 1-D greedy within the row.
+
+    Cost O(H·W) for the box counts plus O(N·R + N log W) for the sweep (N peaks that have a close neighbour).
+    """
+    h, w = peaks.shape
+    ys, xs = np.nonzero(peaks)
+    keep = np.ones(len(ys), bool)
+    half = _half_widths(min_distance, h, w)
+    reach = len(half) - 1
+    if len(ys) < 2 or (reach == 0 and half[0] == 0):  # d <= 1: distinct pixels never conflict
+        return keep
+    # peaks with another peak in their (2R+1)² box (a superset of those with one at distance < d)
+    box = np.zeros((h + 1, w + 1), np.int32)
+    box[1:, 1:] = peaks.cumsum(0, dtype=np.int32).cumsum(1)
+    y0, y1 = np.maximum(ys - reach, 0), np.minimum(ys + reach + 1, h)
+    x0, x1 = np.maximum(xs - half[0], 0), np.minimum(xs + half[0] + 1, w)
+    count = box[y1, x1] - box[y0, x1] - box[y1, x0] + box[y0, x0]
+    close = np.flatnonzero(count > 1)
+    if len(close) == 0:
+        return keep
+    cy, cx = ys[close], xs[close]
+    kept_close = np.zeros(len(close), bool)
+    kept_rows: dict[int, np.ndarray] = {}  # row -> cumulative count of its kept (close) peaks, length w + 1
+    starts = np.flatnonzero(np.r_[True, cy[1:] != cy[:-1]]).tolist() + [len(cy)]
+    for a, b in zip(starts[:-1], starts[1:]):
+        y, x = int(cy[a]), cx[a:b]
+        free = np.ones(b - a, bool)
+        for dy in range(1, reach + 1):
+            c = kept_rows.get(y - dy)
+            if c is not None:
+                wd = half[dy]
+                free &= c[np.minimum(x + wd + 1, w)] == c[np.maximum(x - wd, 0)]
+        idx = np.flatnonzero(free)
+        idx = idx[_greedy_1d(x[idx], int(half[0]))]
+        if len(idx):
+            kept_close[a + idx] = True
+            row = np.zeros(w + 1, np.int32)
+            row[x[idx] + 1] = 1
+            kept_rows[y] = np.cumsum(row)
+        for old in [r for r in kept_rows if r <= y - reach]:  # later rows look at most reach rows up
+            del kept_rows[old]
+    keep[close] = kept_close
+    return keep
+
+
+def _half_widths(min_distance: float, h: int, w: int) -> np.ndarray:
+    """``w(dy)`` for ``dy = 0..R``: the largest integer ``dx`` with ``sqrt(dx² + dy²) < d`` (float64, the test
+    the greedy uses), ``R = ceil(d) - 1``; both capped at the image size (larger offsets never occur)."""
+    d = float(min_distance)
+    n = int(min(np.ceil(d), max(h, w)))
+    t = np.arange(n + 1, dtype=np.int64)
+    dy = t[t.astype(np.float64) < d][:h]
+    inside = np.sqrt((t[None, :w] ** 2 + dy[:, None] ** 2).astype(np.float64)) < d
+    return inside.sum(1) - 1  # inside[dy] is an interval 0..w(dy) (sqrt increases with dx)
+
+
+def _greedy_1d(x: np.ndarray, gap: int) -> np.ndarray:
+    """Indices of the sorted integers ``x`` kept by the left-to-right greedy: keep ``x[i]`` iff
+    ``x[i] - (last kept) > gap``.
+
+    The kept ones are the chain ``0, nxt(0), nxt(nxt(0)), ...`` with ``nxt(i)`` = first index with
+    ``x > x[i] + gap``; built by pointer doubling (``nxt^(2^k)``), O(n log n) in vector operations.
+    """
+    n = len(x)
+    if n == 0 or (n > 1 and np.diff(x).min() > gap):
+        return np.arange(n)
+    nxt = np.append(np.searchsorted(x, x + gap, side="right"), n)  # index n: past the end, maps to itself
+    jumps = [nxt]
+    while (1 << len(jumps)) < n:
+        jumps.append(jumps[-1][jumps[-1]])
+    chain = np.zeros(1, np.int64)  # after level k: nxt^t(0) for all t < 2^(levels above k, inclusive)
+    for jump in reversed(jumps):
+        chain = np.concatenate([chain, jump[chain]])
+        chain = chain[chain < n]
+    return np.sort(chain)
 
 
 # ------------------------------------------------------------------------------------------ segmentation

@@ -9,11 +9,11 @@ Layout (see ``DESIGN.md``)::
 
 Nothing here assumes a patch size or a resolution: sizes come from the images, the resolution (µm/px) of a
 cell patch from ``metadata.json`` (``cell.resized_mpp_x/y`` as in OCELOT, else a per-sample ``mpp``).
-Tissue patches are optional (``../shared/data/brca_m2c`` has none).
+Tissue patches are optional (the shipped ``data/brca_m2c`` has none).
 
 CLI::
 
-    python -m util.ocelot validate ROOT        # every problem at once, exit code 1 when there are any
+    python -m util.ocelot validate ROOT [--no-decode]   # every problem at once, exit code 1 when there are any
     python -m util.ocelot download DEST [--url URL] [--sha256 HEX] [--size BYTES]
 """
 from __future__ import annotations
@@ -214,48 +214,126 @@ def read_tissue_mask(path: str | Path) -> np.ndarray:
     return arr.astype(np.uint8)
 
 
-def read_metadata(root: str | Path) -> dict[str, Any]:
+class Metadata(dict):
+    """The parsed ``metadata.json`` (a plain dict) that remembers its file, so errors can name it."""
+
+    path: str = "metadata.json"
+
+
+#: What each per-sample ``metadata.json`` value the code reads must be (dotted key → kind, see ``_EXPECTED``).
+METADATA_FIELDS: dict[str, str] = {
+    "cell.resized_mpp_x": "mpp", "cell.resized_mpp_y": "mpp", "mpp": "mpp", "mpp_x": "mpp", "mpp_y": "mpp",
+    "tissue.resized_mpp_x": "mpp", "tissue.resized_mpp_y": "mpp",
+    "patch_x_offset": "fraction", "patch_y_offset": "fraction",
+}
+_EXPECTED = {"mpp": "a positive finite number (µm/px)",
+             "fraction": "a number in [0, 1] (fraction of the tissue patch)"}
+#: Resolutions that must agree (relative difference at most ``MPP_TOLERANCE``): x vs y (the pipeline assumes
+#: square pixels and uses their mean), and the two ways of giving a cell patch's resolution.
+MPP_PAIRS: tuple[tuple[str, str], ...] = (
+    ("cell.resized_mpp_x", "cell.resized_mpp_y"), ("mpp_x", "mpp_y"),
+    ("tissue.resized_mpp_x", "tissue.resized_mpp_y"), ("cell.resized_mpp_x", "mpp"),
+)
+MPP_TOLERANCE = 0.02
+_ABSENT = object()
+
+
+def read_metadata(root: str | Path) -> Metadata:
     """``metadata.json`` as a dict (``{"sample_pairs": {id: {...}}, ...}``); a clear error when missing/invalid."""
     path = Path(root) / "metadata.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: metadata.json not found (it holds each sample's µm/px)")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise OcelotFormatError(f"{path}: not UTF-8 text ({e})") from None
     except json.JSONDecodeError as e:
         raise OcelotFormatError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("sample_pairs"), dict):
+    if not isinstance(raw, dict) or not isinstance(raw.get("sample_pairs"), dict):
         raise OcelotFormatError(f"{path}: expected an object with a 'sample_pairs' mapping of sample id → entry")
+    meta = Metadata(raw)
+    meta.path = str(path)
     return meta
 
 
-def sample_mpp(meta: dict[str, Any], sample_id: str) -> float:
-    """µm/px of a sample's cell patch: ``cell.resized_mpp_x/y`` (OCELOT) or ``mpp``; mean of x and y."""
-    entry = meta["sample_pairs"].get(sample_id)
+def _show(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _entry(meta: dict[str, Any], sample_id: str) -> tuple[dict[str, Any] | None, str | None]:
+    """A sample's metadata entry, or None and what is wrong (without the file name)."""
+    pairs = meta.get("sample_pairs") if isinstance(meta, dict) else None
+    if not isinstance(pairs, dict):
+        return None, "expected an object with a 'sample_pairs' mapping of sample id → entry"
+    if sample_id not in pairs:
+        return None, f"no entry for sample {sample_id!r}"
+    entry = pairs[sample_id]
+    if not isinstance(entry, dict):
+        return None, (f"sample {sample_id!r}: entry is {_show(entry)}, expected an object with "
+                      f"cell.resized_mpp_x/y or mpp")
+    return entry, None
+
+
+def _entry_value(entry: dict[str, Any], key: str, kind: str) -> tuple[Any, str | None]:
+    """``entry[<dotted key>]`` (``_ABSENT`` when missing; a null object counts as missing) and what is wrong
+    with it for ``kind`` (None when fine)."""
+    obj: Any = entry
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        obj = obj.get(part)
+        if obj is None:
+            return _ABSENT, None
+        if not isinstance(obj, dict):
+            return _ABSENT, f"{'.'.join(parts[:i + 1])} is {_show(obj)}, expected an object"
+    if parts[-1] not in obj:
+        return _ABSENT, None
+    v = obj[parts[-1]]
+    expected = _EXPECTED[kind]
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return v, f"{key} = {_show(v)}, expected {expected}"
+    ok = math.isfinite(v) and (v > 0 if kind == "mpp" else 0 <= v <= 1)
+    return v, None if ok else f"{key} = {v!r}, expected {expected}"
+
+
+def _number(meta: dict[str, Any], sample_id: str, key: str) -> float | None:
+    """A checked per-sample value of :data:`METADATA_FIELDS` (None when absent); :class:`OcelotFormatError`
+    naming the file, sample, key and value otherwise."""
+    file = getattr(meta, "path", "metadata.json")
+    entry, why = _entry(meta, sample_id)
     if entry is None:
-        raise OcelotFormatError(f"metadata.json has no entry for sample {sample_id!r}")
-    cell = entry.get("cell") or {}
-    if "resized_mpp_x" in cell:
-        vals = [cell["resized_mpp_x"], cell.get("resized_mpp_y", cell["resized_mpp_x"])]
-    elif "mpp" in entry:
-        vals = [entry["mpp"]]
-    else:
-        raise OcelotFormatError(f"metadata.json entry {sample_id!r} has neither cell.resized_mpp_x nor mpp")
-    try:
-        mpp = float(np.mean([float(v) for v in vals]))
-    except (TypeError, ValueError):
-        raise OcelotFormatError(f"metadata.json entry {sample_id!r}: mpp {vals} is not a number") from None
-    if not (mpp > 0 and math.isfinite(mpp)):
-        raise OcelotFormatError(f"metadata.json entry {sample_id!r}: mpp {mpp} must be a positive number")
-    return mpp
+        raise OcelotFormatError(f"{file}: {why}")
+    v, why = _entry_value(entry, key, METADATA_FIELDS[key])
+    if why:
+        raise OcelotFormatError(f"{file}: sample {sample_id!r}: {why}")
+    return None if v is _ABSENT else float(v)
+
+
+def sample_mpp(meta: dict[str, Any], sample_id: str) -> float:
+    """µm/px of a sample's cell patch: ``cell.resized_mpp_x/y`` (OCELOT) or ``mpp``; mean of x and y.
+
+    Raises :class:`OcelotFormatError` naming the file, sample, key and value when the entry is not an object or
+    a value is not a positive finite number.
+    """
+    x = _number(meta, sample_id, "cell.resized_mpp_x")
+    if x is not None:
+        y = _number(meta, sample_id, "cell.resized_mpp_y")
+        return (x + (x if y is None else y)) / 2
+    m = _number(meta, sample_id, "mpp")
+    if m is None:
+        file = getattr(meta, "path", "metadata.json")
+        raise OcelotFormatError(f"{file}: sample {sample_id!r} has neither cell.resized_mpp_x nor mpp "
+                                f"(the µm/px of its cell patch)")
+    return m
 
 
 def tissue_mpp(meta: dict[str, Any], sample_id: str) -> float | None:
     """µm/px of the tissue patch (``tissue.resized_mpp_x/y``), or None when the metadata has none."""
-    tissue = (meta["sample_pairs"].get(sample_id) or {}).get("tissue") or {}
-    if "resized_mpp_x" not in tissue:
+    x = _number(meta, sample_id, "tissue.resized_mpp_x")
+    if x is None:
         return None
-    return float(np.mean([float(tissue["resized_mpp_x"]), float(tissue.get("resized_mpp_y",
-                                                                             tissue["resized_mpp_x"]))]))
+    y = _number(meta, sample_id, "tissue.resized_mpp_y")
+    return (x + (x if y is None else y)) / 2
 
 
 def cell_box_in_tissue(meta: dict[str, Any], sample_id: str, cell_shape: tuple[int, int],
@@ -265,16 +343,59 @@ def cell_box_in_tissue(meta: dict[str, Any], sample_id: str, cell_shape: tuple[i
     OCELOT stores the cell patch *centre* as a fraction of the tissue patch (``patch_x_offset``,
     ``patch_y_offset``); its extent follows from the two resolutions.
     """
-    entry = meta["sample_pairs"][sample_id]
     t_mpp = tissue_mpp(meta, sample_id)
-    if t_mpp is None or "patch_x_offset" not in entry:
-        raise OcelotFormatError(f"metadata.json entry {sample_id!r} lacks tissue.resized_mpp_x or "
+    ox, oy = _number(meta, sample_id, "patch_x_offset"), _number(meta, sample_id, "patch_y_offset")
+    if t_mpp is None or ox is None or oy is None:
+        file = getattr(meta, "path", "metadata.json")
+        raise OcelotFormatError(f"{file}: sample {sample_id!r} lacks tissue.resized_mpp_x or "
                                 f"patch_x_offset/patch_y_offset needed to place the cell patch in the tissue patch")
     scale = sample_mpp(meta, sample_id) / t_mpp
-    cx = float(entry["patch_x_offset"]) * tissue_shape[1]
-    cy = float(entry["patch_y_offset"]) * tissue_shape[0]
+    cx, cy = ox * tissue_shape[1], oy * tissue_shape[0]
     w, h = cell_shape[1] * scale, cell_shape[0] * scale
     return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dtype=np.float32)
+
+
+def metadata_problems(meta: dict[str, Any], sample_id: str, split: str | None = None,
+                      tissue: bool = False) -> list[str]:
+    """Everything wrong with one sample's metadata entry, one message per value (without the file name).
+
+    Checked: the entry is an object; ``subset`` (when given) names ``split``; every value of
+    :data:`METADATA_FIELDS` that is present has its type and range; the resolution pairs of :data:`MPP_PAIRS`
+    agree within :data:`MPP_TOLERANCE`; a cell-patch resolution exists; with ``tissue`` (the sample has a tissue
+    patch) ``tissue.resized_mpp_x`` and ``patch_x_offset``/``patch_y_offset`` exist.
+    """
+    entry, why = _entry(meta, sample_id)
+    if entry is None:
+        return [why or ""]
+    out: list[str] = []
+    sub = entry.get("subset")
+    if sub is not None and (not isinstance(sub, str) or sub not in SPLITS):
+        out.append(f"sample {sample_id!r}: subset = {_show(sub)}, expected one of {list(SPLITS)}")
+    elif sub is not None and split is not None and sub != split:
+        out.append(f"sample {sample_id!r} is in folder {split!r} but metadata subset is {sub!r}")
+    vals: dict[str, float] = {}
+    bad: set[str] = set()
+    for key, kind in METADATA_FIELDS.items():
+        v, why = _entry_value(entry, key, kind)
+        if why:
+            bad.add(key)
+            msg = f"sample {sample_id!r}: {why}"
+            if msg not in out:  # a parent that is not an object is named once
+                out.append(msg)
+        elif v is not _ABSENT:
+            vals[key] = float(v)
+    for a, b in MPP_PAIRS:
+        if a in vals and b in vals and abs(vals[a] - vals[b]) > MPP_TOLERANCE * max(vals[a], vals[b]):
+            out.append(f"sample {sample_id!r}: {a} = {vals[a]!r} and {b} = {vals[b]!r} differ by more than "
+                       f"{MPP_TOLERANCE:.0%}, expected the same resolution")
+    if not {"cell.resized_mpp_x", "mpp"} & (set(vals) | bad):
+        out.append(f"sample {sample_id!r} has neither cell.resized_mpp_x nor mpp (the µm/px of its cell patch)")
+    if tissue:
+        for key in ("tissue.resized_mpp_x", "patch_x_offset", "patch_y_offset"):
+            if key not in vals and key not in bad:
+                out.append(f"sample {sample_id!r} has a tissue patch but no {key} (needed to place the cell "
+                           f"patch in it)")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- masks
@@ -352,25 +473,45 @@ class ValidationReport:
         return self.format()
 
 
-def _image_problems(path: Path) -> tuple[tuple[int, int] | None, list[Problem]]:
-    """Decode an image fully; return its (H, W) and problems (unreadable, truncated)."""
-    problems: list[Problem] = []
-    if path.suffix.lower() in (".jpg", ".jpeg"):
-        data = path.read_bytes()
-        if len(data) < 4 or data[:2] != b"\xff\xd8":
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def _image_problems(path: Path, decode: bool = True) -> tuple[tuple[int, int] | None, list[Problem]]:
+    """An image's (H, W) and its problems (unreadable, truncated).
+
+    JPEG and PNG files are checked for their start and end markers (a truncated file lacks the end); the header
+    gives the size. With ``decode`` the pixels are decoded too, which also finds damage inside the file.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            f.seek(max(0, path.stat().st_size - 64))
+            tail = f.read()
+    except OSError as e:
+        return None, [Problem("unreadable_image", str(path), f"cannot read file ({e})")]
+    suffix = path.suffix.lower()
+    n = path.stat().st_size
+    if suffix in (".jpg", ".jpeg"):
+        if head[:2] != b"\xff\xd8":
             return None, [Problem("unreadable_image", str(path), "not a JPEG file (no SOI marker)")]
-        if b"\xff\xd9" not in data[-64:]:
-            problems.append(Problem("truncated_image", str(path),
-                                    f"JPEG has no end-of-image marker: file truncated ({len(data)} bytes)"))
-            return None, problems
+        if b"\xff\xd9" not in tail:
+            return None, [Problem("truncated_image", str(path),
+                                  f"JPEG has no end-of-image marker: file truncated ({n} bytes)")]
+    elif suffix == ".png":
+        if head != _PNG_SIGNATURE:
+            return None, [Problem("unreadable_image", str(path), "not a PNG file (no PNG signature)")]
+        if not tail.endswith(_PNG_END):
+            return None, [Problem("truncated_image", str(path), f"PNG has no IEND chunk: file truncated ({n} bytes)")]
     try:
         with Image.open(path) as im:
-            im.load()
+            if decode:
+                im.load()
             size = (im.height, im.width)
     except Exception as e:
         kind = "truncated_image" if "truncat" in str(e).lower() else "unreadable_image"
         return None, [Problem(kind, str(path), f"cannot decode image ({e})")]
-    return size, problems
+    return size, []
 
 
 def _mode_size(sizes: list[tuple[int, int]]) -> tuple[int, int] | None:
@@ -381,15 +522,26 @@ def _mode_size(sizes: list[tuple[int, int]]) -> tuple[int, int] | None:
     return min(s for s, n in counts.items() if n == best)
 
 
-def validate_dataset(root: str | Path, splits: tuple[str, ...] = SPLITS) -> ValidationReport:
+def _files_by_id(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """Sample id → file for the files of ``folder`` with one of ``suffixes`` (hidden files skipped, as in
+    :func:`list_ids`); empty when the folder does not exist."""
+    if not folder.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(folder.iterdir())
+            if p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file()}
+
+
+def validate_dataset(root: str | Path, splits: tuple[str, ...] = SPLITS, required: tuple[str, ...] = (),
+                     decode: bool = True) -> ValidationReport:
     """Check an OCELOT-layout folder and return **every** problem at once plus a summary.
 
-    Checked: the folder layout and ``metadata.json`` (an entry with a positive mpp for every sample, subset
-    matching the folder); every image has its annotation partner and vice versa (cell CSV; tissue image ⇔
-    tissue PNG); images decode fully (truncated JPEG/PNG detected); CSV lines have 3 integer fields; points are
-    non-negative, inside the image and of class 1 or 2; image sizes agree with the majority size of their kind
-    (the expected size comes from the data, never a fixed 1024); tissue masks match their tissue image's size
-    and only hold 1, 2, 255. Splits that are absent are reported only when no split exists at all.
+    Checked: the folder layout and ``metadata.json`` (every sample's entry value by value, see
+    :func:`metadata_problems`); every image has its annotation partner and vice versa (cell CSV; tissue image ⇔
+    tissue PNG), so an orphan CSV is reported; images are not truncated (JPEG/PNG end markers) and, with
+    ``decode``, decode fully; CSV lines have 3 integer fields; points are non-negative, inside the image and of
+    class 1 or 2; image sizes agree with the majority size of their kind (the expected size comes from the data,
+    never a fixed 1024); tissue masks match their tissue image's size and (with ``decode``) only hold 1, 2, 255.
+    A split folder without images is reported; absent splits only when they are ``required`` or no split exists.
     """
     root = Path(root)
     report = ValidationReport(root=str(root))
@@ -407,15 +559,21 @@ def validate_dataset(root: str | Path, splits: tuple[str, ...] = SPLITS) -> Vali
     present = [s for s in splits if _image_dir(root, s).is_dir() or (root / "annotations" / s / "cell").is_dir()]
     if not present:
         P.append(Problem("layout", str(root), f"no split folders images/<split>/cell for splits {splits}"))
+    for split in required:
+        if split not in present:
+            P.append(Problem("layout", str(_image_dir(root, split)),
+                             f"split {split!r} is needed but its folder does not exist"))
     sizes: dict[str, list[tuple[Path, tuple[int, int]]]] = {"cell": [], "tissue": []}
     cells_by_file: dict[Path, tuple[np.ndarray, str]] = {}
     summary_splits: dict[str, Any] = {}
     mpps: list[float] = []
     for split in present:
         img_dir, ann_dir = _image_dir(root, split), root / "annotations" / split / "cell"
-        img_ids = {p.stem: p for p in sorted(img_dir.glob("*")) if p.suffix.lower() in IMAGE_SUFFIXES} \
-            if img_dir.is_dir() else {}
-        csv_ids = {p.stem: p for p in sorted(ann_dir.glob("*.csv"))} if ann_dir.is_dir() else {}
+        img_ids = _files_by_id(img_dir, IMAGE_SUFFIXES)
+        csv_ids = _files_by_id(ann_dir, (".csv",))
+        if not img_ids:
+            P.append(Problem("empty_split", str(img_dir), f"split {split!r} has no cell images "
+                             f"({', '.join('*' + x for x in IMAGE_SUFFIXES)})"))
         for sid in sorted(set(img_ids) - set(csv_ids)):
             P.append(Problem("missing_partner", str(img_ids[sid]),
                              f"no cell annotation {ann_dir / (sid + '.csv')}"))
@@ -423,9 +581,8 @@ def validate_dataset(root: str | Path, splits: tuple[str, ...] = SPLITS) -> Vali
             P.append(Problem("missing_partner", str(csv_ids[sid]),
                              f"no cell image {img_dir / (sid + '.jpg')}"))
         t_img_dir, t_ann_dir = _image_dir(root, split, "tissue"), root / "annotations" / split / "tissue"
-        t_img = {p.stem: p for p in sorted(t_img_dir.glob("*")) if p.suffix.lower() in IMAGE_SUFFIXES} \
-            if t_img_dir.is_dir() else {}
-        t_ann = {p.stem: p for p in sorted(t_ann_dir.glob("*.png"))} if t_ann_dir.is_dir() else {}
+        t_img = _files_by_id(t_img_dir, IMAGE_SUFFIXES)
+        t_ann = _files_by_id(t_ann_dir, (".png",))
         for sid in sorted(set(t_img) - set(t_ann)):
             P.append(Problem("missing_partner", str(t_img[sid]), f"no tissue annotation {t_ann_dir / (sid + '.png')}"))
         for sid in sorted(set(t_ann) - set(t_img)):
@@ -437,7 +594,7 @@ def validate_dataset(root: str | Path, splits: tuple[str, ...] = SPLITS) -> Vali
         counts = {1: 0, 2: 0}
         split_sizes: collections.Counter = collections.Counter()
         for sid, ipath in img_ids.items():
-            shape, probs = _image_problems(ipath)
+            shape, probs = _image_problems(ipath, decode)
             P.extend(probs)
             if shape is not None:
                 sizes["cell"].append((ipath, shape))
@@ -449,31 +606,24 @@ def validate_dataset(root: str | Path, splits: tuple[str, ...] = SPLITS) -> Vali
                 for c in (1, 2):
                     counts[c] += int((pts[:, 2] == c).sum())
             if meta is not None:
-                entry = meta["sample_pairs"].get(sid)
-                if entry is None:
-                    P.append(Problem("metadata", str(root / "metadata.json"),
-                                     f"no entry for sample {sid!r} ({ipath})"))
-                else:
-                    sub = entry.get("subset")
-                    if sub is not None and sub != split:
-                        P.append(Problem("metadata", str(root / "metadata.json"),
-                                         f"sample {sid!r} is in folder {split!r} but metadata subset is {sub!r}"))
-                    try:
-                        mpps.append(sample_mpp(meta, sid))
-                    except OcelotFormatError as e:
-                        P.append(Problem("metadata", str(root / "metadata.json"), str(e)))
+                mprobs = metadata_problems(meta, sid, split, tissue=sid in t_img)
+                P.extend(Problem("metadata", str(root / "metadata.json"), f"{m} ({ipath.name})") for m in mprobs)
+                if not mprobs:
+                    mpps.append(sample_mpp(meta, sid))
         for sid, tpath in t_img.items():
-            tshape, probs = _image_problems(tpath)
+            tshape, probs = _image_problems(tpath, decode)
             P.extend(probs)
             if tshape is not None:
                 sizes["tissue"].append((tpath, tshape))
             if sid in t_ann:
-                mshape, mprobs = _image_problems(t_ann[sid])
+                mshape, mprobs = _image_problems(t_ann[sid], decode)
                 P.extend(mprobs)
                 if mshape is not None:
                     if tshape is not None and mshape != tshape:
                         P.append(Problem("wrong_size", str(t_ann[sid]),
                                          f"tissue mask is {mshape[1]}×{mshape[0]}, its image {tshape[1]}×{tshape[0]}"))
+                    if not decode:
+                        continue
                     vals = set(np.unique(read_tissue_mask(t_ann[sid])).tolist())
                     bad = sorted(vals - set(TISSUE_LABELS))
                     if bad:
@@ -495,6 +645,34 @@ def validate_dataset(root: str | Path, splits: tuple[str, ...] = SPLITS) -> Vali
     order = {k: i for i, k in enumerate(["missing_root", "layout", "metadata"])}
     P.sort(key=lambda p: (order.get(p.kind, 9), p.path, p.line or 0))
     return report
+
+
+def check_dataset_for_training(root: str | Path, splits: tuple[str, ...] = SPLITS, decode: bool = False,
+                               max_listed: int = 200) -> None:
+    """Raise one :class:`OcelotFormatError` listing every problem of the ``splits`` a run uses; None when clean.
+
+    Runs :func:`validate_dataset` with every split of ``splits`` required (absent or empty splits are errors).
+    By default images are checked by their headers and end markers, not decoded (a damaged middle of a file is
+    then caught when the loader reads it, naming the file); ``decode=True`` decodes everything. The error lists
+    up to ``max_listed`` problems (file, key, value, expected) and carries them all in ``.problems``.
+    A missing ``root`` raises ``FileNotFoundError`` (as :class:`util.dataloader.OcelotDataset` does).
+    """
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"data root {root} does not exist (create the synthetic default set with "
+                                f"`python -m util.synthetic {root}`, or point data.root at an OCELOT-layout folder)")
+    rep = validate_dataset(root, tuple(splits), required=tuple(splits), decode=decode)
+    if rep.ok:
+        return
+    n = len(rep.problems)
+    kinds = ", ".join(f"{k}={c}" for k, c in sorted(rep.kinds().items()))
+    lines = [f"{root}: the data set has {n} problem(s) ({kinds}); fix them before training "
+             f"(`python -m util.ocelot validate {root}` lists them again):"]
+    lines += [f"  {p}" for p in rep.problems[:max_listed]]
+    if n > max_listed:
+        lines.append(f"  ... and {n - max_listed} more")
+    err = OcelotFormatError("\n".join(lines))
+    err.problems = rep.problems  # type: ignore[attr-defined]
+    raise err
 
 
 # ----------------------------------------------------------------------------------------------- download
@@ -649,6 +827,8 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("validate", help="check an OCELOT-layout folder; exit code 1 when it has problems")
     v.add_argument("root")
     v.add_argument("--max-problems", type=int, default=200, help="how many problems to print (default 200)")
+    v.add_argument("--no-decode", action="store_true",
+                   help="check images by header and end marker only, without decoding pixels (faster)")
     d = sub.add_parser("download", help="download, verify and extract the OCELOT 2023 archive")
     d.add_argument("dest")
     d.add_argument("--url", default=OCELOT_URL)
@@ -658,7 +838,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--keep-archive", action="store_true")
     args = ap.parse_args(argv)
     if args.cmd == "validate":
-        rep = validate_dataset(args.root)
+        rep = validate_dataset(args.root, decode=not args.no_decode)
         print(rep.format(args.max_problems))
         return 0 if rep.ok else 1
     last = [0.0]

@@ -45,11 +45,14 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressB
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from model import build_model, count_parameters
+from util.cells import (Threshold, apply_threshold, choose_threshold, detection_scores, logits_at, probabilities,
+                        resolve_threshold, training_mpp)
+from util.cells import detect as detect_with
 from util.config import ExperimentConfig, load_config
 from util.dataloader import OcelotDataset, collate
 from util.inference import predict_logits
-from util.metrics import (CLASS_NAMES, SegmentationAccumulator, cell_detection_scores, cutoff_px, detect_cells,
-                          flatten_scores)
+from util.metrics import CLASS_NAMES, SegmentationAccumulator, cell_detection_scores, cutoff_px, flatten_scores
+from util.ocelot import check_dataset_for_training
 from util.tracking import CometTracker, find_secret, make_loggers
 
 NUM_CLASSES = 3
@@ -245,6 +248,13 @@ class SegmentationModule(pl.LightningModule):
         return DataLoader(self._dataset("val"), batch_size=1, shuffle=False, collate_fn=collate,
                           num_workers=self.cfg.data.num_workers)
 
+    def _kept_checkpoint(self) -> str:
+        run_dir = os.environ.get("OCELOT_RUN_DIR")
+        last = Path(run_dir) / "checkpoints" / "last.ckpt" if run_dir else None
+        if last is not None and last.is_file():
+            return f"the last good checkpoint is kept ({last})"
+        return "no checkpoint had been written yet (lower the learning rate or check the data)"
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._resume_batches = int(checkpoint.get("global_step", 0))
 
@@ -262,7 +272,7 @@ class SegmentationModule(pl.LightningModule):
             raise NonFiniteLossError(
                 f"non-finite training loss ({float(loss.detach())}) at step {self.global_step} "
                 f"(0-based; {self.global_step} optimizer steps completed, batch ids {batch['id']}). "
-                f"Stopping; the last good checkpoint is kept")
+                f"Stopping; {self._kept_checkpoint()}")
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True,
                  batch_size=batch["image"].shape[0])
         self._train_losses.append(float(loss.detach()))
@@ -277,7 +287,7 @@ class SegmentationModule(pl.LightningModule):
         v.setdefault("seg", SegmentationAccumulator(NUM_CLASSES)).update(probs.argmax(1), batch["mask"])
         for i in range(probs.shape[0]):
             mpp = float(batch["mpp"][i])
-            v.setdefault("pred", []).append(detect(probs[i], mpp, self.cfg))
+            v.setdefault("pred", []).append(detect(probs[i], mpp, self.cfg, threshold=_validation_threshold(self.cfg)))
             v.setdefault("gt", []).append(batch["points"][i].cpu().numpy())
             v.setdefault("cutoff", []).append(cutoff_px(mpp, self.cfg.detection.cutoff_um))
 
@@ -285,9 +295,14 @@ class SegmentationModule(pl.LightningModule):
         v, self._val = self._val, {}
         if not v:
             return
-        scores = cell_detection_scores(v["pred"], v["gt"], cutoff=v["cutoff"])
+        det = self.cfg.detection
+        threshold = det.threshold
+        if threshold == "auto":  # the best global threshold on the grid: checkpoint choice free of calibration
+            threshold, _ = choose_threshold(v["pred"], v["gt"], v["cutoff"], det.threshold_grid)
+        pred = [apply_threshold(p, threshold) for p in v["pred"]]
+        scores = cell_detection_scores(pred, v["gt"], cutoff=v["cutoff"])
         seg = v["seg"].compute()
-        vals = {"val/loss": float(np.mean(v["loss"])), "val/mF1": scores["mF1"]}
+        vals = {"val/loss": float(np.mean(v["loss"])), "val/mF1": scores["mF1"], "val/threshold": float(threshold)}
         for name in CLASS_NAMES.values():
             vals[f"val/F1_{name}"] = scores[name]["f1"]
             vals[f"val/dice_{name}"] = seg["dice"][name]
@@ -339,11 +354,18 @@ def _inference_kwargs(cfg: ExperimentConfig, tta: bool | None = None) -> dict[st
             "tta": cfg.tta if tta is None else tta}
 
 
-def detect(probs: Tensor, mpp: float, cfg: ExperimentConfig) -> np.ndarray:
-    """Cells (N×4: x, y, class, confidence) in one probability map, with the config's µm settings."""
+def detect(probs: Tensor, mpp: float, cfg: ExperimentConfig, threshold: Threshold | None = None,
+           min_distance_um: float | None = None) -> np.ndarray:
+    """Cells (N×4: x, y, class, confidence) in one probability map, with the config's µm settings
+    (``threshold``/``min_distance_um`` override the config's; see :func:`util.cells.detect`)."""
+    return detect_with(probs, mpp, cfg.detection, threshold=threshold, min_distance_um=min_distance_um)
+
+
+def _validation_threshold(cfg: ExperimentConfig) -> Threshold:
+    """The threshold validation detects at: the config's number, or for ``auto`` the lowest value of the grid
+    (the sweep then keeps cells above each grid value; see :mod:`util.cells`)."""
     d = cfg.detection
-    return detect_cells(probs.detach().float().cpu(), min_distance=max(1, int(round(d.min_distance_um / mpp))),
-                        threshold=d.threshold, sigma=d.sigma_um / mpp)
+    return min(d.threshold_grid) if d.threshold == "auto" else d.threshold
 
 
 # ============================================================================================ callbacks
@@ -351,7 +373,7 @@ class HistoryCallback(Callback):
     """Writes ``history.csv`` (one row per validation) and keeps the training wall time across resumes."""
 
     FIELDS = ["step", "elapsed_s", "train_loss", "val_loss", "val_mF1", "val_F1_BC", "val_F1_TC", "val_dice_BC",
-              "val_dice_TC", "lr"]
+              "val_dice_TC", "val_threshold", "lr"]
 
     def __init__(self, path: Path):
         self.path = path
@@ -375,7 +397,7 @@ class HistoryCallback(Callback):
                "train_loss": float(np.mean(losses)) if losses else float("nan"),
                "val_loss": v["val/loss"], "val_mF1": v["val/mF1"], "val_F1_BC": v["val/F1_BC"],
                "val_F1_TC": v["val/F1_TC"], "val_dice_BC": v["val/dice_BC"], "val_dice_TC": v["val/dice_TC"],
-               "lr": lr}
+               "val_threshold": v.get("val/threshold"), "lr": lr}
         pl_module._train_losses = []
         self.rows = [r for r in self.rows if r["step"] < row["step"]] + [row]
         if trainer.is_global_zero:
@@ -420,6 +442,45 @@ class StopCheckpoint(Callback):
             self.stopped_by_signal = True
             if self.saved_step != trainer.global_step and trainer.global_step > 0:
                 self._save(trainer)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``checkpoints/last.ckpt`` after every validation, and every ``every`` steps in between.
+
+    Saved after the validation of a step (a step-triggered ``ModelCheckpoint`` saves before it), so the checkpoint
+    holds that validation's history row and a run resumed from it never skips a validation. It subclasses
+    ``ModelCheckpoint`` only for its place in the hook order: Lightning runs checkpoint callbacks last, in list
+    order, so this one runs after the best-checkpoint callback and ``last.ckpt`` holds its updated best score.
+    """
+
+    def __init__(self, path: Path, every: int | None, val_every: int):
+        super().__init__(dirpath=str(path.parent), filename=path.stem, save_top_k=0, save_last=False,
+                         enable_version_counter=False)
+        self.path, self.every, self.val_every = path, every, max(1, val_every)
+
+    def _save(self, trainer) -> None:
+        trainer.save_checkpoint(str(self.path), weights_only=False)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every and step % self.every == 0 and step % self.val_every != 0:
+            self._save(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        pass
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
 
 
 class PrintProgress(Callback):
@@ -561,17 +622,70 @@ def _env_rank() -> int:
 
 
 # ================================================================================================= train
+#: Written into a run folder when its training or evaluation fails (the reason); removed when the run finishes.
+FAILED_FILE = "failed.json"
+
+
 def train(config: ExperimentConfig, quiet: bool = False) -> RunResult:
-    """Train (or resume) one run, evaluate it on the test split and write the run folder (see module doc)."""
+    """Train (or resume) one run, evaluate it on the test split and write the run folder (see module doc).
+
+    A run that fails (an exception other than a stop signal) gets ``failed.json`` (error type, message, step,
+    time) in its folder; the comparison tools ignore such folders, and the next successful rerun removes it.
+    """
     import warnings
 
     warnings.filterwarnings("ignore", message=r".*The `srun` command is available on your system.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
     cfg = ExperimentConfig.from_dict(config.to_dict())  # never mutate the caller's config
+    # every problem of the data visible up front, before a run folder exists (never after hours of training)
+    check_dataset_for_training(cfg.data.root, splits=("train", "val", "test"))
     run_dir = resolve_run_dir(cfg)
+    try:
+        result = _train(cfg, run_dir, quiet)
+    except CheckpointError:
+        raise  # a refusal to resume changes nothing in the folder
+    except Exception as e:
+        if _env_rank() == 0 and run_dir.is_dir():
+            _mark_failed(run_dir, e)
+        raise
+    if result.metrics and (run_dir / FAILED_FILE).is_file():
+        (run_dir / FAILED_FILE).unlink()
+    return result
+
+
+def _mark_failed(run_dir: Path, error: BaseException) -> None:
+    step = None
+    last = run_dir / "checkpoints" / "last.ckpt"
+    try:
+        step = _checkpoint_step(last) if last.is_file() else None
+    except RuntimeError:
+        pass
+    doc = {"error": type(error).__name__, "message": str(error), "last_checkpoint_step": step,
+           "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    try:
+        _atomic_write_text(run_dir / FAILED_FILE, json.dumps(doc, indent=2))
+    except OSError:
+        pass
+
+
+def _train(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> RunResult:
     ckpt_dir = run_dir / "checkpoints"
     last_ckpt = ckpt_dir / "last.ckpt"
     is_child = _env_rank() != 0
+    # where to resume from, decided before anything in the folder is written (a refusal changes nothing)
+    ckpt_path = None
+    if cfg.resume == "auto":
+        found = latest_checkpoint(run_dir, report=not is_child)
+        ckpt_path = str(found) if found else None
+        history_csv = run_dir / "history.csv"
+        if found is None and history_csv.is_file():
+            rows = max(0, len(history_csv.read_text().splitlines()) - 1)
+            if rows:
+                raise CheckpointError(f"{run_dir}: history.csv holds {rows} validation(s) but there is no "
+                                      f"checkpoint to resume from; nothing was changed. Pass resume=never to train "
+                                      f"afresh in a new run folder")
+    elif cfg.resume != "never":
+        ckpt_path = cfg.resume
     if not is_child:
         _prepare_run_dir(cfg, run_dir)
     if cfg.data.manifest_dir is None:
@@ -594,9 +708,7 @@ def train(config: ExperimentConfig, quiet: bool = False) -> RunResult:
     stopper = StopCheckpoint(last_ckpt)
     best_cb = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/mF1", mode="max", save_top_k=1,
                               save_last=False, auto_insert_metric_name=False, enable_version_counter=False)
-    last_cb = ModelCheckpoint(dirpath=str(ckpt_dir), filename="last", save_top_k=0, save_last=True,
-                              every_n_train_steps=cfg.checkpoint_every_n_steps or val_every,
-                              enable_version_counter=False)
+    last_cb = LastCheckpoint(last_ckpt, cfg.checkpoint_every_n_steps, val_every)
     callbacks: list[Callback] = [history, stopper, best_cb, last_cb]
     if cfg.progress_bar and not quiet:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.log_every_n_steps // 2)))
@@ -614,12 +726,6 @@ def train(config: ExperimentConfig, quiet: bool = False) -> RunResult:
     for lg in loggers:
         lg.log_hyperparams(cfg.to_dict())
 
-    ckpt_path = None
-    if cfg.resume == "auto":
-        found = latest_checkpoint(run_dir)
-        ckpt_path = str(found) if found else None
-    elif cfg.resume != "never":
-        ckpt_path = cfg.resume
     if ckpt_path and trainer.is_global_zero and not quiet:
         print(f"resuming from {ckpt_path}", flush=True)
 
@@ -650,13 +756,24 @@ def train(config: ExperimentConfig, quiet: bool = False) -> RunResult:
         return RunResult(run_dir, cfg)
 
     best = ckpt_dir / "best.ckpt"
-    weights_from = best if best.is_file() else last_ckpt
+    weights_from = weights_checkpoint(run_dir)
     model = load_model_from_checkpoint(cfg, weights_from)
+    show = not quiet
+    detection = choose_detection(model, cfg, progress=show) if cfg.detection.threshold == "auto" else None
+    if detection and show:
+        print(f"detection threshold chosen on val: {detection['threshold']} (val mF1 {detection['val_mF1']:.4f}; "
+              f"at 0.5: {detection['val_mF1_at_0.5']:.4f}), min distance {detection['min_distance_um']} µm",
+              flush=True)
     metrics = evaluate_model(model, cfg, "test", tta=cfg.tta, predictions_dir=run_dir / "predictions",
-                             transforms=cfg.eval_transforms)
+                             transforms=cfg.eval_transforms, progress=show,
+                             threshold=detection["threshold"] if detection else None,
+                             min_distance_um=detection["min_distance_um"] if detection else None)
+    metrics["detection"] = detection or {"threshold": cfg.detection.threshold,
+                                         "min_distance_um": cfg.detection.min_distance_um, "chosen_on": None}
+    metrics["train_mpp"] = training_mpp(list(train_ds.mpp.values()))
     metrics.update(_run_summary(cfg, model, history, fit_wall, weights_from, trainer, total_steps))
     metrics["equivariance"] = trained_equivariance_error(model, cfg)
-    (run_dir / "metrics.json").write_text(json.dumps(_json_clean(metrics), indent=2))
+    _atomic_write_text(run_dir / "metrics.json", json.dumps(_json_clean(metrics), indent=2))
     for lg in loggers:
         if isinstance(lg, CometTracker):
             lg.log_summary({"test": flatten_scores(metrics["test"]["cells"]) | {"mF1": metrics["test"]["mF1"]}})
@@ -669,24 +786,84 @@ def train(config: ExperimentConfig, quiet: bool = False) -> RunResult:
     return RunResult(run_dir, cfg, metrics, _maybe(best), _maybe(last_ckpt))
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint ``resume=auto`` continues from: the one with the most optimizer steps among
-    ``checkpoints/last.ckpt`` and Lightning's Slurm pre-emption checkpoints ``hpc_ckpt_*.ckpt`` (written on the
-    requeue signal into the run folder); ``last.ckpt`` wins ties."""
-    candidates = [run_dir / "checkpoints" / "last.ckpt"] + sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
+class CheckpointError(RuntimeError):
+    """Checkpoints exist in a run folder but none can be used; the message names each file and why."""
+
+
+def _checkpoint_step(path: Path) -> int:
+    """Optimizer steps of a full training state (raises RuntimeError when unreadable or not a full state)."""
+    ck = load_checkpoint(path)
+    if not isinstance(ck, dict) or "state_dict" not in ck or "global_step" not in ck:
+        raise RuntimeError(f"{path} is not a full training state (no state_dict/global_step)")
+    return int(ck["global_step"])
+
+
+def resume_candidates(run_dir: Path) -> list[Path]:
+    """The full training states a run can resume from, in order of preference on equal steps:
+    ``checkpoints/last.ckpt``, Lightning's Slurm pre-emption ``hpc_ckpt_*.ckpt``, ``checkpoints/best.ckpt``."""
+    return [run_dir / "checkpoints" / "last.ckpt"] + sorted(run_dir.glob("hpc_ckpt_*.ckpt")) + \
+        [run_dir / "checkpoints" / "best.ckpt"]
+
+
+def pick_checkpoint(paths: Sequence[Path], most_steps: bool = True) -> tuple[Path | None, list[str]]:
+    """The first readable checkpoint of ``paths`` (or, with ``most_steps``, the readable one with the most steps;
+    earlier paths win ties) and one line per file that was passed over, saying why."""
+    notes: list[str] = []
     best: tuple[int, int, Path] | None = None
-    for i, p in enumerate(candidates):
+    for i, p in enumerate(paths):
         if not p.is_file():
             continue
         try:
-            step = int(load_checkpoint(p).get("global_step", 0))
-        except RuntimeError as e:  # unreadable: skip it, say so
-            print(f"ignoring unreadable checkpoint {p}: {e}", file=sys.stderr)
+            step = _checkpoint_step(p)
+        except RuntimeError as e:
+            notes.append(f"skipped unreadable checkpoint {p}: {e}")
             continue
-        key = (step, -i)
-        if best is None or key > best[:2]:
+        if not most_steps:
+            return p, notes
+        if best is None or (step, -i) > best[:2]:
+            if best is not None:
+                notes.append(f"passed over {best[2]} (step {best[0]}): {p} has step {step}")
             best = (step, -i, p)
-    return best[2] if best else None
+        else:
+            notes.append(f"passed over {p} (step {step}): {best[2]} has step {best[0]}")
+    return (best[2] if best else None), notes
+
+
+def latest_checkpoint(run_dir: Path, report: bool = True) -> Path | None:
+    """The checkpoint ``resume=auto`` continues from: the readable full state with the most optimizer steps among
+    ``checkpoints/last.ckpt``, ``hpc_ckpt_*.ckpt`` (Slurm pre-emption) and ``checkpoints/best.ckpt``; ties go in that
+    order. Unreadable ones are skipped, saying so (stderr). When checkpoints exist but none is readable this raises
+    :class:`CheckpointError` instead of returning None, so a rerun never silently starts afresh over a run's history
+    (``resume=never`` starts a fresh run folder)."""
+    paths = resume_candidates(run_dir)
+    found, notes = pick_checkpoint(paths)
+    if report:
+        for line in notes:
+            print(line, file=sys.stderr)
+    existing = [p for p in paths if p.is_file()]
+    if found is None and existing:
+        raise CheckpointError(
+            f"{run_dir}: none of its checkpoints can be read ({'; '.join(notes)}). Nothing was changed. Remove or "
+            f"repair them to resume, or pass resume=never to train afresh in a new run folder")
+    return found
+
+
+def weights_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint to evaluate: ``best.ckpt`` when readable, else ``last.ckpt`` (saying why), else the most
+    advanced readable ``hpc_ckpt_*``; :class:`CheckpointError` naming every file when none is usable."""
+    ck = run_dir / "checkpoints"
+    paths = [ck / "best.ckpt", ck / "last.ckpt"] + sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
+    if not any(p.is_file() for p in paths):
+        raise FileNotFoundError(f"{run_dir}: no checkpoint (checkpoints/best.ckpt or checkpoints/last.ckpt); "
+                                f"train the run first")
+    found, notes = pick_checkpoint(paths, most_steps=False)
+    for line in notes:
+        print(line, file=sys.stderr)
+    if found is None:
+        raise CheckpointError(f"{run_dir}: none of its checkpoints can be read ({'; '.join(notes)})")
+    if found.name != "best.ckpt" and (ck / "best.ckpt").is_file():
+        print(f"evaluating {found} instead of the unreadable best.ckpt", file=sys.stderr)
+    return found
 
 
 def _maybe(p: Path) -> Path | None:
@@ -721,8 +898,8 @@ def _prepare_run_dir(cfg: ExperimentConfig, run_dir: Path) -> None:
     cfg_to_save.run_id = run_dir.name
     if cfg_to_save.data.manifest_dir is None:
         cfg_to_save.data.manifest_dir = str(run_dir)
-    cfg_to_save.save(cfg_path)
-    (run_dir / "env.json").write_text(json.dumps(environment_info(), indent=2))
+    _atomic_write_text(cfg_path, cfg_to_save.to_yaml())
+    _atomic_write_text(run_dir / "env.json", json.dumps(environment_info(), indent=2))
 
 
 def _json_clean(obj: Any) -> Any:
@@ -779,23 +956,40 @@ _TRANSFORM_ELEMENTS = {"rot90": (90.0, False), "rot180": (180.0, False), "rot270
 @torch.no_grad()
 def evaluate_model(model: nn.Module, cfg: ExperimentConfig, split: str = "test", tta: bool = False,
                    predictions_dir: Path | None = None, transforms: Sequence[str] = (),
-                   device: str | torch.device | None = None) -> dict[str, Any]:
-    """Dice/IoU per class and OCELOT cell scores on a split (full patches), also on transformed copies.
+                   device: str | torch.device | None = None, threshold: Threshold | None = None,
+                   min_distance_um: float | None = None, model_mpp: float | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """Dice/IoU per class, OCELOT cell scores and class-agnostic detection on a split (full patches), also on
+    transformed copies.
 
     For each name in ``transforms`` (``rot90``, ``rot180``, ``rot270``, ``flip``, ``rot45``) the test image is
     transformed, predicted, and the prediction mapped back (exactly for multiples of 90° and flips) before
     detection and scoring against the original annotations. For ``rot45`` (interpolated) only cells inside the
     central disk are scored.
+
+    ``threshold``/``min_distance_um`` override the config's detection settings (``threshold`` is required when
+    the config says ``auto``: pass the one chosen on validation). ``model_mpp``: the resolution the model was
+    trained at; images of ``cfg.data.root`` at another resolution are resampled to it (:mod:`util.cells`).
+    Each entry also holds ``per_image`` TP/FP/FN counts per class (for bootstrap intervals), ``detection``
+    (class-agnostic P/R/F1), ``headline`` (``mF1``, or ``detection_f1`` when every annotated cell of the split
+    has one class) and its wall time.
     """
+    from tqdm.auto import tqdm
+
     from model.equivariance import GroupElement, act, act_inverse, central_disk
 
+    threshold = threshold if threshold is not None else resolve_threshold(cfg.detection, None)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() and cfg.accelerator != "cpu" else "cpu"))
     model = model.to(device).eval()
     ds = OcelotDataset(cfg.data.root, split, mask_radius_um=cfg.data.mask_radius_um)
     variants = {"": None} | {t: GroupElement(*_TRANSFORM_ELEMENTS[t]) for t in transforms}
-    acc = {k: {"pred": [], "gt": [], "cutoff": [], "seg": SegmentationAccumulator(NUM_CLASSES)} for k in variants}
+    acc = {k: {"pred": [], "gt": [], "cutoff": [], "seg": SegmentationAccumulator(NUM_CLASSES), "wall": 0.0}
+           for k in variants}
     ids, mpps = [], []
+    infer = _inference_kwargs(cfg, tta)
     t0 = time.perf_counter()
+    bar = tqdm(total=len(ds) * len(variants), desc=f"evaluate {split}", unit="img", disable=not progress,
+               mininterval=2.0, file=sys.stderr, dynamic_ncols=True)
     for i in range(len(ds)):
         s = ds[i]
         x = s["image"].unsqueeze(0).to(device)
@@ -804,12 +998,14 @@ def evaluate_model(model: nn.Module, cfg: ExperimentConfig, split: str = "test",
         mpps.append(mpp)
         gt = s["points"].numpy()
         for name, g in variants.items():
+            bar.set_postfix_str(f"{s['id']} {name or 'original'}", refresh=False)
+            tv = time.perf_counter()
             xi = x if g is None else act(x, g)
-            logits = predict_logits(model, xi, **_inference_kwargs(cfg, tta))
+            logits = logits_at(model, xi[0], mpp, model_mpp, **infer)
             if g is not None:
-                logits = act_inverse(logits, g)
-            probs = logits.softmax(1)[0]
-            pred = detect(probs, mpp, cfg)
+                logits = act_inverse(logits.unsqueeze(0), g)[0]
+            probs = logits.softmax(0)
+            pred = detect(probs, mpp, cfg, threshold=threshold, min_distance_um=min_distance_um)
             gt_i = gt
             if g is not None and not g.exact:
                 h, w = probs.shape[-2:]
@@ -822,22 +1018,87 @@ def evaluate_model(model: nn.Module, cfg: ExperimentConfig, split: str = "test",
             a["gt"].append(gt_i)
             a["cutoff"].append(cutoff_px(mpp, cfg.detection.cutoff_um))
             a["seg"].update(probs.argmax(0, keepdim=True).cpu(), s["mask"].unsqueeze(0))
-    wall = time.perf_counter() - t0
+            a["wall"] += time.perf_counter() - tv
+            bar.update(1)
+    bar.close()
+    classes_present = sorted({int(c) for g in acc[""]["gt"] for c in np.asarray(g).reshape(-1, 3)[:, 2]})
     out: dict[str, Any] = {}
     for name, a in acc.items():
+        t_score = time.perf_counter()
         cells = cell_detection_scores(a["pred"], a["gt"], cutoff=a["cutoff"])
         seg = a["seg"].compute()
+        agnostic = detection_scores(a["pred"], a["gt"], a["cutoff"])
         entry = {"mF1": cells["mF1"], "cells": {k: cells[k] for k in CLASS_NAMES.values()}, "dice": seg["dice"],
-                 "iou": seg["iou"], "n_images": len(a["pred"])}
+                 "iou": seg["iou"], "detection": agnostic, "n_images": len(a["pred"]),
+                 "headline": "detection_f1" if len(classes_present) == 1 else "mF1",
+                 "per_image": per_image_counts(a["pred"], a["gt"], a["cutoff"], ids)}
+        entry["eval_wall_s"] = a["wall"] + time.perf_counter() - t_score
         out[split if not name else f"{split}_{name}"] = entry
         if name == "" and predictions_dir is not None:
             suffix = "_tta" if tta else ""
             write_points_json(predictions_dir / f"{split}{suffix}.json", a["pred"], ids, mpps)
             write_points_json(predictions_dir / f"{split}_gt.json", a["gt"], ids, mpps)
-    out["eval_wall_s"] = wall
+    out["eval_wall_s"] = time.perf_counter() - t0
     out["tta"] = tta
-    out["inference"] = _inference_kwargs(cfg, tta)
+    out["inference"] = infer
+    out["threshold"] = threshold
+    out["min_distance_um"] = cfg.detection.min_distance_um if min_distance_um is None else min_distance_um
+    out["model_mpp"] = model_mpp
+    out["data_root"] = str(cfg.data.root)
+    out["classes_present"] = classes_present
     return out
+
+
+def per_image_counts(pred: Sequence[np.ndarray], gt: Sequence[np.ndarray], cutoffs: Sequence[float],
+                     ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Per image ``{"id", "BC": [tp, fp, fn], "TC": [...]}`` by the OCELOT rule (the sums give the split's scores)."""
+    rows = []
+    for p, g, c, i in zip(pred, gt, cutoffs, ids):
+        s = cell_detection_scores([p], [g], cutoff=c)
+        rows.append({"id": i} | {n: [s[n]["tp"], s[n]["fp"], s[n]["fn"]] for n in CLASS_NAMES.values()})
+    return rows
+
+
+@torch.no_grad()
+def choose_detection(model: nn.Module, cfg: ExperimentConfig, split: str = "val",
+                     device: str | torch.device | None = None, progress: bool = True) -> dict[str, Any]:
+    """For ``detection.threshold: auto``: the threshold (per class with ``per_class_threshold``) and, with
+    ``min_distance_grid_um``, the minimum distance that maximise mF1 on ``split`` (validation), with the model
+    as it will be tested. Returns ``{"threshold", "min_distance_um", "val_mF1", "val_mF1_at_0.5", "curve", ...}``.
+    """
+    from tqdm.auto import tqdm
+
+    d = cfg.detection
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() and cfg.accelerator != "cpu" else "cpu"))
+    model = model.to(device).eval()
+    ds = OcelotDataset(cfg.data.root, split, mask_radius_um=cfg.data.mask_radius_um)
+    distances = list(d.min_distance_grid_um or [d.min_distance_um])
+    low = min(d.threshold_grid + [0.5])
+    t0 = time.perf_counter()
+    cells: dict[float, list[np.ndarray]] = {m: [] for m in distances}
+    gts, cutoffs = [], []
+    for i in tqdm(range(len(ds)), desc=f"threshold on {split}", unit="img", disable=not progress,
+                  mininterval=2.0, file=sys.stderr, dynamic_ncols=True):
+        s = ds[i]
+        mpp = float(s["mpp"])
+        probs = probabilities(model, s["image"], mpp, None, **_inference_kwargs(cfg, cfg.tta))
+        for m in distances:
+            cells[m].append(detect(probs, mpp, cfg, threshold=low, min_distance_um=m))
+        gts.append(s["points"].numpy())
+        cutoffs.append(cutoff_px(mpp, d.cutoff_um))
+    best: dict[str, Any] | None = None
+    for m in distances:
+        thr, info = choose_threshold(cells[m], gts, cutoffs, d.threshold_grid, per_class=d.per_class_threshold)
+        at_half = cell_detection_scores([apply_threshold(c, 0.5) for c in cells[m]], gts, cutoff=cutoffs)["mF1"]
+        cand = {"threshold": thr, "min_distance_um": m, "val_mF1": info["mF1"], "val_mF1_at_0.5": at_half,
+                "curve": info["curve"]}
+        # ties keep the configured distance (listed first when present), then the smaller one
+        if best is None or cand["val_mF1"] > best["val_mF1"] + 1e-12:
+            best = cand
+    assert best is not None
+    best.update({"chosen_on": split, "grid": list(d.threshold_grid), "per_class": d.per_class_threshold,
+                 "min_distance_grid_um": d.min_distance_grid_um, "wall_s": time.perf_counter() - t0})
+    return best
 
 
 def write_points_json(path: Path, points: Sequence[np.ndarray], ids: Sequence[str], mpps: Sequence[float]) -> None:
@@ -899,53 +1160,126 @@ def trained_equivariance_error(model: nn.Module, cfg: ExperimentConfig) -> dict[
     return {"group": group, "crop": side, "max": max_error(errs), "per_element": errs}
 
 
-def evaluate(run_or_checkpoint: str | Path, split: str = "test", tta: bool = False,
-             transforms: Sequence[str] | None = None, write: bool = True) -> dict[str, Any]:
-    """Evaluate a finished run folder (its ``best.ckpt``, else ``last.ckpt``) or a checkpoint inside one.
+@dataclass
+class LoadedRun:
+    """A finished (or interrupted) run folder ready for inference: :func:`load_run`."""
 
-    Writes ``<run>/eval_<split>[_tta].json`` and ``<run>/predictions/<split>[_tta].json`` when ``write``.
+    run_dir: Path
+    cfg: ExperimentConfig
+    checkpoint: Path
+    model: nn.Module
+    threshold: Threshold | None  #: the config's number, or the one chosen on validation (None: auto, not chosen)
+    min_distance_um: float
+    model_mpp: float | None  #: the training resolution (µm/px), None when unknown
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def load_run(run_or_checkpoint: str | Path) -> LoadedRun:
+    """The model, config, checkpoint and chosen detection settings of a run folder (or a checkpoint inside one).
+
+    The weights are ``checkpoints/best.ckpt``, else ``last.ckpt``; the threshold and minimum distance are the
+    config's, or for ``threshold: auto`` those stored in ``metrics.json`` (``detection``); the training resolution
+    is ``metrics.json``'s ``train_mpp``, else the median over the config's training split when its data exists.
     """
     p = Path(run_or_checkpoint)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such run folder or checkpoint")
     if p.is_file():
+        if p.suffix != ".ckpt":
+            raise ValueError(f"{p}: expected a run folder (runs/<name>/<run-id>) or a .ckpt file inside one, "
+                             f"got a {p.suffix or 'plain'} file")
         ckpt, run_dir = p, p.parent.parent
+        if ckpt.parent.name != "checkpoints" and not (run_dir / "config.yaml").is_file():
+            run_dir = p.parent  # hpc_ckpt_*.ckpt lies in the run folder itself
     else:
         run_dir = p
-        ckpt = run_dir / "checkpoints" / "best.ckpt"
-        if not ckpt.is_file():
-            ckpt = run_dir / "checkpoints" / "last.ckpt"
+        ckpt = None
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
+    if ckpt is None:
+        ckpt = weights_checkpoint(run_dir)
     cfg = load_config(cfg_path)
+    metrics: dict[str, Any] = {}
+    if (run_dir / "metrics.json").is_file():
+        try:
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{run_dir / 'metrics.json'}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    chosen = metrics.get("detection") or {}
+    threshold = cfg.detection.threshold if cfg.detection.threshold != "auto" else chosen.get("threshold")
+    if threshold == "auto":
+        threshold = None
+    min_distance = chosen.get("min_distance_um") or cfg.detection.min_distance_um
+    model_mpp = metrics.get("train_mpp")
+    if model_mpp is None and Path(cfg.data.root).is_dir():
+        try:
+            model_mpp = training_mpp(list(OcelotDataset(cfg.data.root, "train").mpp.values()))
+        except (OSError, ValueError):
+            model_mpp = None
     model = load_model_from_checkpoint(cfg, ckpt)
-    res = evaluate_model(model, cfg, split, tta=tta, predictions_dir=run_dir / "predictions" if write else None,
-                         transforms=cfg.eval_transforms if transforms is None else transforms)
-    res["checkpoint"] = str(ckpt)
-    res["run_dir"] = str(run_dir)
+    return LoadedRun(run_dir, cfg, ckpt, model, threshold, float(min_distance), model_mpp, metrics)
+
+
+def evaluate(run_or_checkpoint: str | Path, split: str = "test", tta: bool = False,
+             transforms: Sequence[str] | None = None, write: bool = True, data_root: str | Path | None = None,
+             threshold: Threshold | None = None, progress: bool = True) -> dict[str, Any]:
+    """Evaluate a finished run folder (its ``best.ckpt``, else ``last.ckpt``) or a checkpoint inside one.
+
+    ``data_root``: another OCELOT-layout folder (any image size, resolution and class set: images are resampled
+    to the run's training µm/px, points mapped back; class-agnostic detection is reported for every set).
+    ``threshold``: a number instead of the run's (chosen on validation for ``auto``); ``"auto"`` chooses one
+    afresh on the run's validation split with this checkpoint (e.g. for runs trained with a fixed threshold).
+    Writes ``<run>/eval_<split>[_tta][_<data folder>].json`` and the predictions when ``write``.
+    """
+    run = load_run(run_or_checkpoint)
+    cfg = run.cfg
+    if data_root is not None:
+        root = Path(data_root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"--data-root {root}: no such folder")
+        cfg = cfg.replace([f"data.root={root}"])
+    chosen = None
+    if threshold == "auto":  # choose afresh on the run's own validation split, with this checkpoint
+        auto_cfg = run.cfg.replace(["detection.threshold=auto"])
+        chosen = choose_detection(run.model, auto_cfg, progress=progress)
+        threshold = chosen["threshold"]
+    thr = threshold if threshold is not None else run.threshold
+    if thr is None:
+        raise ValueError(f"{run.run_dir}: detection.threshold is 'auto' but metrics.json holds no chosen threshold "
+                         f"(the run has not finished); pass a threshold, e.g. --threshold 0.5")
+    tag = "" if data_root is None else "_" + Path(data_root).resolve().name
+    tag += "" if threshold is None else ("_tauto" if chosen else f"_t{threshold}")
+    res = evaluate_model(run.model, cfg, split, tta=tta,
+                         predictions_dir=run.run_dir / f"predictions{tag}" if write else None,
+                         transforms=cfg.eval_transforms if transforms is None else transforms, threshold=thr,
+                         min_distance_um=run.min_distance_um, model_mpp=run.model_mpp, progress=progress)
+    res["checkpoint"] = str(run.checkpoint)
+    res["run_dir"] = str(run.run_dir)
+    if chosen:
+        res["detection"] = chosen
     if write:
-        name = f"eval_{split}{'_tta' if tta else ''}.json"
-        (run_dir / name).write_text(json.dumps(_json_clean(res), indent=2))
+        name = f"eval_{split}{'_tta' if tta else ''}{tag}.json"
+        _atomic_write_text(run.run_dir / name, json.dumps(_json_clean(res), indent=2))
     return res
 
 
 @torch.no_grad()
 def predict(run_or_checkpoint: str | Path, images: Sequence[Tensor | np.ndarray], mpp: float | Sequence[float] = 0.2,
             tta: bool = False) -> list[np.ndarray]:
-    """Cells (N×4: x, y, class, confidence) for images (C×H×W float in [0, 1], or H×W×3 uint8)."""
-    p = Path(run_or_checkpoint)
-    run_dir, ckpt = (p.parent.parent, p) if p.is_file() else (p, p / "checkpoints" / "best.ckpt")
-    if not ckpt.is_file():
-        ckpt = run_dir / "checkpoints" / "last.ckpt"
-    cfg = load_config(run_dir / "config.yaml")
-    model = load_model_from_checkpoint(cfg, ckpt)
+    """Cells (N×4: x, y, class, confidence) for images (C×H×W float in [0, 1], or H×W×3 uint8) at ``mpp`` µm/px,
+    with the run's detection settings (see :func:`load_run`; images are resampled to the training resolution)."""
+    run = load_run(run_or_checkpoint)
+    if run.threshold is None:
+        raise ValueError(f"{run.run_dir}: no detection threshold chosen yet (the run has not finished)")
     mpps = [float(mpp)] * len(images) if np.isscalar(mpp) else [float(m) for m in mpp]
     out = []
     for img, m in zip(images, mpps):
         t = torch.as_tensor(img)
         if t.dtype == torch.uint8:
             t = t.permute(2, 0, 1).float() / 255.0
-        logits = predict_logits(model, t.unsqueeze(0).float(), **_inference_kwargs(cfg, tta))
-        out.append(detect(logits.softmax(1)[0], m, cfg))
+        probs = probabilities(run.model, t.float(), m, run.model_mpp, **_inference_kwargs(run.cfg, tta))
+        out.append(detect(probs, m, run.cfg, threshold=run.threshold, min_distance_um=run.min_distance_um))
     return out
 
 
@@ -956,7 +1290,7 @@ def format_metrics_table(metrics: dict[str, Any], split: str = "test") -> str:
     keys = [k for k in metrics if k == split or k.startswith(f"{split}_")]
     keys = [k for k in keys if isinstance(metrics[k], dict) and "mF1" in metrics[k]]
     head = f"{'set':<14}{'mF1':>8}{'P_BC':>8}{'R_BC':>8}{'F1_BC':>8}{'P_TC':>8}{'R_TC':>8}{'F1_TC':>8}" \
-           f"{'Dice_BC':>9}{'Dice_TC':>9}{'IoU_BC':>8}{'IoU_TC':>8}"
+           f"{'Dice_BC':>9}{'Dice_TC':>9}{'IoU_BC':>8}{'IoU_TC':>8}{'det_F1':>8}"
     lines.append(head)
     lines.append("-" * len(head))
     for k in keys:
@@ -968,7 +1302,8 @@ def format_metrics_table(metrics: dict[str, Any], split: str = "test") -> str:
 
         lines.append(f"{k:<14}{f(e['mF1'])}{f(c['BC']['precision'])}{f(c['BC']['recall'])}{f(c['BC']['f1'])}"
                      f"{f(c['TC']['precision'])}{f(c['TC']['recall'])}{f(c['TC']['f1'])} "
-                     f"{f(e['dice']['BC'])} {f(e['dice']['TC'])}{f(e['iou']['BC'])}{f(e['iou']['TC'])}")
+                     f"{f(e['dice']['BC'])} {f(e['dice']['TC'])}{f(e['iou']['BC'])}{f(e['iou']['TC'])}"
+                     f"{f((e.get('detection') or {}).get('f1'))}")
     extra = []
     for key, label in (("parameters", "parameters"), ("train_wall_s", "train wall time (s)"),
                        ("time_to_target_s", "time to target (s)"), ("best_val_mF1", "best val mF1")):
@@ -976,13 +1311,26 @@ def format_metrics_table(metrics: dict[str, Any], split: str = "test") -> str:
             v = metrics[key]
             fmt = ".4f" if key == "best_val_mF1" else ".1f"
             extra.append(f"{label}: {v:{fmt}}" if isinstance(v, float) else f"{label}: {v}")
+    first = metrics.get(split)
+    if isinstance(first, dict) and first.get("headline") == "detection_f1":
+        extra.append(f"every annotated cell of this set has one class: the headline is class-agnostic detection "
+                     f"F1 = {first['detection']['f1']:.4f} (det_F1 column)")
+    det = metrics.get("detection")
+    if isinstance(det, dict) and det.get("chosen_on"):
+        extra.append(f"detection threshold {det['threshold']} (chosen on {det['chosen_on']}: mF1 {det['val_mF1']:.4f}, "
+                     f"at 0.5: {det['val_mF1_at_0.5']:.4f}), min distance {det['min_distance_um']} µm")
+    elif "threshold" in metrics:
+        extra.append(f"detection threshold {metrics['threshold']}")
+    if "eval_wall_s" in metrics:
+        extra.append(f"evaluation wall time (s): {metrics['eval_wall_s']:.1f}")
     if "equivariance" in metrics:
         eq = metrics["equivariance"]
         extra.append(f"equivariance error ({eq['group']}, max): {eq['max']:.3g}")
     return "\n".join(lines + extra)
 
 
-__all__ = ["train", "evaluate", "predict", "RunResult", "SegmentationModule", "ResumableSampler",
+__all__ = ["train", "evaluate", "predict", "load_run", "LoadedRun", "choose_detection", "per_image_counts", "RunResult", "SegmentationModule", "ResumableSampler",
            "AtomicCheckpointIO", "atomic_torch_save", "load_checkpoint", "load_model_from_checkpoint",
            "evaluate_model", "write_points_json", "read_points_json", "format_metrics_table", "NonFiniteLossError",
-           "resolve_run_dir", "trainer_settings", "environment_info", "latest_checkpoint"]
+           "resolve_run_dir", "trainer_settings", "environment_info", "latest_checkpoint",
+           "weights_checkpoint", "CheckpointError", "FAILED_FILE"]

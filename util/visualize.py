@@ -77,11 +77,14 @@ def _empty(ax: plt.Axes, text: str) -> None:
 
 # ================================================================================================= runs
 def find_runs(runs_dir: str | Path = "runs", name: str | None = None) -> list[Path]:
-    """Run folders (holding ``config.yaml``) under ``runs_dir``; ``name`` filters ``runs/<name>/`` (glob)."""
+    """Run folders (holding ``config.yaml``, not ``failed.json``) under ``runs_dir``; ``name`` filters
+    ``runs/<name>/`` (glob)."""
     root = Path(runs_dir)
     if not root.is_dir():
         return []
     runs = sorted(p.parent for p in root.glob("*/*/config.yaml"))
+    # a run that failed (util.training writes failed.json with the reason) is not compared
+    runs = [r for r in runs if not (r / "failed.json").is_file()]
     if name:
         runs = [r for r in runs if fnmatch.fnmatch(r.parent.name, name)]
     return runs

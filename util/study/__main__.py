@@ -1,0 +1,82 @@
+"""CLI: ``python -m util.study plan|run|report STUDY.yaml [options]`` (schema in :mod:`util.study`).
+
+Examples::
+
+    python -m util.study plan configs/study/brca_cpu.yaml --jobs 2          # points, cost, estimated hours
+    python -m util.study run configs/study/brca_cpu.yaml --jobs 2 --max-minutes 600
+    python -m util.study run configs/study/brca_gpu.yaml --stage lr --shard $SLURM_ARRAY_TASK_ID/10
+    python -m util.study report configs/study/brca_cpu.yaml
+
+Exit codes: 0 done, 1 a point failed or a bad study file, 143 stopped by SIGTERM/SIGINT (rerun to resume).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m util.study", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, text in (("plan", "list the points with parameters, MACs/px and estimated time"),
+                       ("run", "train the unfinished points"), ("report", "tables, contrasts and figures")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("study", help="study YAML file")
+        if name in ("plan", "run"):
+            s.add_argument("--jobs", type=int, default=1, help="concurrent training subprocesses (default 1)")
+            s.add_argument("--threads", type=int, default=None,
+                           help="CPU threads to split between the jobs (default: the cores this process may use)")
+            s.add_argument("--shard", default=None, help="i/n: only points with index k mod n == i")
+        if name == "plan":
+            s.add_argument("--steps", type=int, default=3, help="timed training steps per model (default 3)")
+            s.add_argument("--no-timing", action="store_true", help="skip the timing (no time estimate)")
+        if name == "run":
+            s.add_argument("--max-minutes", type=float, default=None,
+                           help="start no new point after this many minutes (running ones finish)")
+            s.add_argument("--stage", choices=("all", "lr", "main"), default="all",
+                           help="only the learning-rate search (lr) or only the grid (main); default all")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from util.config import ConfigError
+    from util.study.points import parse_shard
+    from util.study.spec import load_study
+
+    try:
+        study = load_study(args.study)
+        shard = parse_shard(getattr(args, "shard", None))
+        if args.command == "plan":
+            return _plan(study, args, shard)
+        if args.command == "run":
+            from util.study.runner import run_study
+
+            return run_study(study, jobs=args.jobs, threads=args.threads, shard=shard,
+                             max_minutes=args.max_minutes, stage=args.stage)
+        from util.study.report import report
+
+        report(study)
+        return 0
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _plan(study, args, shard) -> int:
+    import torch
+
+    from util.study.planning import plan_rows, plan_text, plan_totals
+    from util.study.runner import default_threads
+
+    rows = plan_rows(study, jobs=args.jobs, threads=args.threads, steps=args.steps, timing=not args.no_timing,
+                     shard=shard)
+    per_run = max(1, (args.threads or default_threads()) // max(1, args.jobs))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(plan_text(study, rows, plan_totals(rows, args.jobs, per_run, device)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
