@@ -126,3 +126,23 @@ def test_run_files_are_written_atomically_no_temporaries_left(tiny_ocelot_root, 
     leftovers = [p for p in res.run_dir.rglob("*") if ".tmp" in p.name]
     assert leftovers == []
     assert torch.load(res.run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+
+
+def test_checkpoint_of_another_model_is_reported_as_a_mismatch(tiny_ocelot_root, tmp_path, capsys):
+    from util.evaluate import main as evaluate_main
+    from util.training import load_model_from_checkpoint
+
+    res = train(tiny(tiny_ocelot_root, tmp_path, "max_steps=2"), quiet=True)
+    ckpt = res.run_dir / "checkpoints" / "last.ckpt"
+    other = res.config.replace(["model.kwargs.width=6"])
+    with pytest.raises(ValueError, match="config and checkpoint disagree") as err:
+        load_model_from_checkpoint(other, ckpt)
+    assert str(ckpt) in str(err.value) and "'width': 6" in str(err.value) and "wrong-shape" in str(err.value)
+    # the CLI on a run folder whose config.yaml was edited: one clear line, no state-dict dump
+    (res.run_dir / "config.yaml").write_text(other.to_yaml())
+    assert evaluate_main([str(res.run_dir), "--quiet"]) == 1
+    err_text = capsys.readouterr().err
+    assert "config and checkpoint disagree" in err_text and len(err_text.splitlines()) <= 3
+    # a YAML file given instead of a run folder is named as such
+    assert evaluate_main([str(res.run_dir / "config.yaml")]) == 1
+    assert "expected a run folder" in capsys.readouterr().err

@@ -945,6 +945,17 @@ def load_model_from_checkpoint(cfg: ExperimentConfig, path: str | Path) -> nn.Mo
     state = ckpt.get("state_dict", ckpt)
     state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")} or state
     model = build_model(cfg.model.name, **model_kwargs(cfg))
+    mine = model.state_dict()
+    missing = [k for k in mine if k not in state]
+    unexpected = [k for k in state if k not in mine]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in mine.items()
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        first = (shapes or [f"missing {k}" for k in missing] or [f"unexpected {k}" for k in unexpected])[0]
+        raise ValueError(
+            f"config and checkpoint disagree: {path} does not hold the weights of model {cfg.model.name!r} with "
+            f"{cfg.model.kwargs} ({len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} wrong-shape "
+            f"tensors; first: {first}). Evaluate it with the config.yaml of the run that wrote it")
     model.load_state_dict(state)
     return model.eval()
 
