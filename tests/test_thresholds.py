@@ -54,6 +54,11 @@ def test_choose_threshold_finds_the_grid_optimum_by_hand():
     assert info["mF1"] == pytest.approx((1.0 + 2 / 3) / 2, abs=1e-4)
     assert [round(r[0], 2) for r in info["curve"]] == [0.2, 0.5, 0.7]
     # per class: BC best 0.5 or 0.7 (tie -> closest to 0.5), TC best 0.7 (0.667) vs 0.2 (0.8) -> 0.2
+    # a tolerance makes near-best values ties, and ties go to the value closest to 0.5
+    thr_tol, info_tol = choose_threshold(pred, gt, [5.0], grid=[0.2, 0.5, 0.7], tolerance=0.1)
+    assert thr_tol == 0.5 and info_tol["mF1"] == pytest.approx(0.75, abs=1e-4)
+    assert info_tol["best_mF1"] == pytest.approx(info["mF1"])
+    assert choose_threshold(pred, gt, [5.0], grid=[0.2, 0.5, 0.7], tolerance=0.05)[0] == 0.7
     thr_pc, info_pc = choose_threshold(pred, gt, [5.0], grid=[0.2, 0.5, 0.7], per_class=True)
     assert thr_pc == {"BC": 0.5, "TC": 0.2}
     assert info_pc["mF1"] == pytest.approx((1.0 + 0.8) / 2, abs=1e-4)
@@ -100,7 +105,8 @@ def test_auto_threshold_run_stores_it_and_uses_it_for_test_and_copies(tiny_ocelo
     det = m["detection"]
     assert det["chosen_on"] == "val" and det["threshold"] in (0.2, 0.4, 0.6, 0.8)
     curve = {round(r[0], 2): r[1] for r in det["curve"]}
-    assert det["val_mF1"] == max(curve.values())
+    assert det["val_mF1"] == curve[det["threshold"]] >= max(curve.values()) - det["tolerance"]
+    assert det["tolerance"] == 0.005
     assert m["test"]["n_images"] == 2 and "test_rot90" in m and m["threshold"] == det["threshold"]
     assert m["train_mpp"] == pytest.approx(0.2)
     assert sum(r["TC"][0] for r in m["test"]["per_image"]) == m["test"]["cells"]["TC"]["tp"]

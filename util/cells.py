@@ -85,13 +85,15 @@ def detect(probs: Tensor, mpp: float, detection: Any, threshold: Threshold | Non
 
 
 def choose_threshold(cells: Sequence[np.ndarray], ground_truth: Sequence[np.ndarray], cutoffs: Sequence[float],
-                     grid: Sequence[float] = DEFAULT_THRESHOLD_GRID, per_class: bool = False
-                     ) -> tuple[Threshold, dict[str, Any]]:
+                     grid: Sequence[float] = DEFAULT_THRESHOLD_GRID, per_class: bool = False,
+                     tolerance: float = 0.0) -> tuple[Threshold, dict[str, Any]]:
     """The threshold on ``grid`` that maximises mF1 of ``cells`` (detected at a threshold <= min(grid)).
 
     With ``per_class`` the BC and TC thresholds are chosen separately (mF1 is the mean of the two per-class F1,
     and each class's F1 depends on its own threshold only, so the joint optimum is the pair of per-class optima).
-    Ties go to the value closest to 0.5. Returns ``(threshold, {"mF1": best, "curve": [[t, mF1, F1_BC, F1_TC]]})``.
+    Values within ``tolerance`` of the best score count as ties, and ties go to the value closest to 0.5: on a small
+    validation set a flat curve's maximum is noise, and moving away from 0.5 should buy more than that.
+    Returns ``(threshold, {"mF1": score at the choice, "best_mF1": max, "curve": [[t, mF1, F1_BC, F1_TC]]})``.
     """
     grid = sorted(float(t) for t in grid)
     if not grid:
@@ -104,7 +106,7 @@ def choose_threshold(cells: Sequence[np.ndarray], ground_truth: Sequence[np.ndar
 
     def best(col: int) -> float:
         top = arr[:, col].max()
-        ties = arr[arr[:, col] >= top - 1e-12, 0]
+        ties = arr[arr[:, col] >= top - max(float(tolerance), 1e-12), 0]
         return float(ties[np.argmin(np.abs(ties - 0.5))])
 
     if per_class:
@@ -114,7 +116,7 @@ def choose_threshold(cells: Sequence[np.ndarray], ground_truth: Sequence[np.ndar
     else:
         chosen = best(1)
         score = float(arr[arr[:, 0] == chosen, 1][0])
-    return chosen, {"mF1": score, "curve": curve}
+    return chosen, {"mF1": score, "best_mF1": float(arr[:, 1].max()), "curve": curve}
 
 
 def resolve_threshold(detection: Any, chosen: Threshold | None) -> Threshold:

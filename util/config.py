@@ -61,6 +61,8 @@ class DetectionConfig:
     threshold: Union[float, str] = "auto"
     threshold_grid: list[float] = field(default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 20)])
     per_class_threshold: bool = False  #: with "auto": one threshold per class (BC, TC), each chosen on validation
+    #: with "auto": grid values within this of the best validation mF1 are ties, and ties go to the one closest to 0.5
+    threshold_tolerance: float = 0.005
     min_distance_grid_um: list[float] | None = None  #: with "auto": also choose min_distance_um from these values
     sigma_um: float = 0.4  #: 2 px at 0.2 µm/px
     cutoff_um: float = 3.0  #: the OCELOT cut-off: 15 px at 0.2 µm/px
@@ -447,6 +449,7 @@ RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "detection.min_distance_um": (_positive, "a finite number > 0 (µm)"),
     "detection.sigma_um": (lambda v: _finite(v) and v >= 0, "a finite number >= 0 (µm)"),
     "detection.threshold": (lambda v: v == "auto" or _fraction(v), "a number in [0, 1] or 'auto'"),
+    "detection.threshold_tolerance": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
     "detection.threshold_grid": (lambda v: bool(v) and all(_fraction(t) for t in v),
                                  "a non-empty list of values in [0, 1]"),
     "detection.min_distance_grid_um": (lambda v: v is None or (bool(v) and all(_positive(d) for d in v)),

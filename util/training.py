@@ -298,7 +298,8 @@ class SegmentationModule(pl.LightningModule):
         det = self.cfg.detection
         threshold = det.threshold
         if threshold == "auto":  # the best global threshold on the grid: checkpoint choice free of calibration
-            threshold, _ = choose_threshold(v["pred"], v["gt"], v["cutoff"], det.threshold_grid)
+            threshold, _ = choose_threshold(v["pred"], v["gt"], v["cutoff"], det.threshold_grid,
+                                            tolerance=det.threshold_tolerance)
         pred = [apply_threshold(p, threshold) for p in v["pred"]]
         scores = cell_detection_scores(pred, v["gt"], cutoff=v["cutoff"])
         seg = v["seg"].compute()
@@ -1099,7 +1100,8 @@ def choose_detection(model: nn.Module, cfg: ExperimentConfig, split: str = "val"
         cutoffs.append(cutoff_px(mpp, d.cutoff_um))
     best: dict[str, Any] | None = None
     for m in distances:
-        thr, info = choose_threshold(cells[m], gts, cutoffs, d.threshold_grid, per_class=d.per_class_threshold)
+        thr, info = choose_threshold(cells[m], gts, cutoffs, d.threshold_grid, per_class=d.per_class_threshold,
+                                     tolerance=d.threshold_tolerance)
         at_half = cell_detection_scores([apply_threshold(c, 0.5) for c in cells[m]], gts, cutoff=cutoffs)["mF1"]
         cand = {"threshold": thr, "min_distance_um": m, "val_mF1": info["mF1"], "val_mF1_at_0.5": at_half,
                 "curve": info["curve"]}
@@ -1108,6 +1110,7 @@ def choose_detection(model: nn.Module, cfg: ExperimentConfig, split: str = "val"
             best = cand
     assert best is not None
     best.update({"chosen_on": split, "grid": list(d.threshold_grid), "per_class": d.per_class_threshold,
+                 "tolerance": d.threshold_tolerance,
                  "min_distance_grid_um": d.min_distance_grid_um, "wall_s": time.perf_counter() - t0})
     return best
 
