@@ -535,7 +535,9 @@ def git_commit(repo: Path | None = None) -> dict[str, Any]:
     repo = repo or Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, timeout=10)
+        # dirty: the code differs from the commit; study results and run folders written beside it do not count
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", ":(exclude)results", ":(exclude)runs"],
+                               cwd=repo, capture_output=True, text=True, timeout=10)
         return {"commit": sha.stdout.strip() if sha.returncode == 0 else None,
                 "dirty": bool(dirty.stdout.strip()) if dirty.returncode == 0 else None}
     except (OSError, subprocess.SubprocessError):
