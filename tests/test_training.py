@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from model import register_model
+from model import build_model, count_parameters, register_model
 from model.unet import UNet
 from util.config import load_config
 from util.metrics import cell_detection_scores
 from util.training import (NonFiniteLossError, ResumableSampler, atomic_torch_save, evaluate, load_checkpoint,
-                           read_points_json, train)
+                           model_kwargs, read_points_json, train)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -40,23 +40,65 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return ck["state_dict"]
 
 
+CLASS_OF_LABEL = {"1": "BC", "2": "TC"}
+
+
+def gt_cells_per_class(data_root: Path, split: str = "test") -> dict[str, int]:
+    """Cells per class counted straight from the split's annotation CSVs (``x,y,label`` rows)."""
+    counts = {"BC": 0, "TC": 0}
+    for path in sorted((Path(data_root) / "annotations" / split / "cell").glob("*.csv")):
+        for row in csv.reader(path.open()):
+            if row:
+                counts[CLASS_OF_LABEL[row[2].strip()]] += 1
+    return counts
+
+
+def predicted_cells_per_class(points_json: Path) -> dict[str, int]:
+    counts = {"BC": 0, "TC": 0}
+    for p in json.loads(points_json.read_text())["points"]:
+        counts[CLASS_OF_LABEL[str(p["point"][2])]] += 1
+    return counts
+
+
 def check_run_folder(run_dir: Path) -> dict:
+    """The run folder is complete and its numbers agree with what they are computed from.
+
+    Every count is checked against an independent source: TP + FN of each class against the cells in the
+    test CSVs on disk, TP + FP against the points in ``predictions/test.json``, F1 against 2TP/(2TP+FP+FN),
+    mF1 against the mean of the class F1s, the best validation score against ``history.csv``.
+    """
     for name in ("config.yaml", "history.csv", "metrics.json", "env.json", "checkpoints/best.ckpt",
                  "checkpoints/last.ckpt", "predictions/test.json", "predictions/test_gt.json"):
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    cfg = load_config(run_dir / "config.yaml")
+    gt = gt_cells_per_class(cfg.data.root)
+    assert predicted_cells_per_class(run_dir / "predictions" / "test_gt.json") == gt
+    predicted = predicted_cells_per_class(run_dir / "predictions" / "test.json")
     for split in ("test", "test_rot90", "test_flip"):
         m = metrics[split]
-        assert 0 <= m["mF1"] <= 1
-        assert set(m["cells"]) == {"BC", "TC"} and set(m["cells"]["BC"]) >= {"precision", "recall", "f1"}
         assert set(m["dice"]) == {"background", "BC", "TC"} and set(m["iou"]) == set(m["dice"])
-    assert metrics["parameters"] > 0 and metrics["train_wall_s"] > 0
+        f1s = []
+        for cls, c in m["cells"].items():
+            assert c["tp"] + c["fn"] == gt[cls], (split, cls, c, gt)  # every ground-truth cell counted once
+            if split == "test":
+                assert c["tp"] + c["fp"] == predicted[cls], (cls, c, predicted)
+            denom = 2 * c["tp"] + c["fp"] + c["fn"]
+            assert c["f1"] == pytest.approx(2 * c["tp"] / denom if denom else 0.0, abs=1e-4), (split, cls, c)
+            f1s.append(c["f1"])
+        assert sorted(m["cells"]) == ["BC", "TC"]
+        assert m["mF1"] == pytest.approx(sum(f1s) / len(f1s), abs=1e-4)
+    model = build_model(cfg.model.name, **model_kwargs(cfg))
+    assert metrics["parameters"] == count_parameters(model) > 0
+    assert metrics["train_wall_s"] > 0
     assert metrics["equivariance"]["group"] == "D4" and metrics["equivariance"]["max"] >= 0
     assert "time_to_target_s" in metrics and metrics["steps"] == metrics["max_steps"]
     env = json.loads((run_dir / "env.json").read_text())
     assert env["packages"]["torch"] and "git" in env and "device" in env
     rows = list(csv.DictReader((run_dir / "history.csv").open()))
     assert rows and {"step", "elapsed_s", "val_mF1", "train_loss"} <= set(rows[0])
+    scored = [float(r["val_mF1"]) for r in rows if r["val_mF1"] not in ("", "nan")]
+    assert scored and metrics["best_val_mF1"] == pytest.approx(max(scored), abs=1e-4)
     return metrics
 
 
