@@ -165,6 +165,8 @@ PLANTED = {
     "AWS access key": ["AKIA" + "ABCDEFGHIJKLMNOP"],
     "GitHub token": ["ghp_" + "a1" * 18],
     "Hugging Face token": ["hf_" + "Ab" * 16],
+    "Slack token": ["xox" + "b-" + "1234567890-" + "AbCdEf" * 3],
+    "OpenAI/Anthropic-style key": ["sk-" + "proj" + "A1b2" * 6, "sk-" + "ant-" + "api03-" + "Zz9_" * 6],
     "private key": ["-----BEGIN RSA " + "PRIVATE KEY-----"],
     "key/token assignment": [
         "COMET_API_KEY" + "=" + "Zx9" * 8,
@@ -194,6 +196,10 @@ def test_detector_finds_planted_examples(kind):
     for example in PLANTED[kind]:
         kinds = {k for k, _, _ in find_problems(example)}
         assert kind in kinds, f"{example!r} not flagged as {kind} (got {kinds})"
+
+
+def test_every_pattern_has_a_planted_example():
+    assert set(PLANTED) == set(PATTERNS), f"patterns without a planted example: {set(PATTERNS) - set(PLANTED)}"
 
 
 @pytest.mark.parametrize("text", CLEAN)
