@@ -139,6 +139,26 @@ def requeue_now(job_id: str, timeout: float = 60) -> None:
 
 
 # ------------------------------------------------------------------------------------- the cluster
+def test_cluster_ports_skip_a_port_in_use():
+    """The test cluster takes free ports: with 127.0.0.1:P taken, the script picks a port above P."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(["bash", str(CLUSTER_SCRIPT), "free-port", str(port)], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        picked = int(out.stdout.strip())
+        assert picked > port and not _port_open(picked)
+
+
+def test_cluster_config_names_the_ports_it_uses(slurm_conf):
+    text = Path(slurm_conf).read_text()
+    ctld = int(re.search(r"^SlurmctldPort=(\d+)$", text, re.M).group(1))
+    slurmd = int(re.search(r"^SlurmdPort=(\d+)$", text, re.M).group(1))
+    assert ctld != slurmd and _port_open(ctld)
+
+
 def test_trivial_job_completes(slurm_conf, tmp_path):
     out = tmp_path / "hello-%j.out"
     job_id, proc = sbatch(f"--output={out}", "--wait", "--wrap", "echo hello from $SLURM_JOB_ID")
