@@ -16,9 +16,10 @@ import torch
 from model import build_model, count_parameters, register_model
 from model.unet import UNet
 from util.config import load_config
+from util.dataloader import OcelotDataset
 from util.metrics import cell_detection_scores
 from util.training import (NonFiniteLossError, ResumableSampler, atomic_torch_save, evaluate, load_checkpoint,
-                           model_kwargs, read_points_json, train)
+                           model_kwargs, read_points_json, train, training_loader)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -115,6 +116,28 @@ def test_sampler_stream_is_resumable():
     r1 = list(ResumableSampler(5, 2, 3, seed=3, rank=1, world_size=2))
     single = list(ResumableSampler(5, 4, 3, seed=3))
     assert [r0[0], r0[1], r1[0], r1[1]] == single[:4]
+
+
+def _stream(root: Path, runs: Path, workers: int, start_batch: int = 0, seed: int = 0, batches: int = 4):
+    cfg = tiny(root, runs, "data.preset=full", f"data.num_workers={workers}", f"seed={seed}")
+    ds = OcelotDataset(cfg.data.root, "train", crop_size=cfg.data.crop_size, transforms=cfg.data.preset,
+                       mask_radius_um=cfg.data.mask_radius_um, seed=cfg.seed)
+    return list(training_loader(ds, cfg, batches, start_batch=start_batch))
+
+
+def test_engine_loader_is_the_same_with_worker_processes(tiny_ocelot_root, tmp_path):
+    """The engine's training stream (random crops + `full` augmentation) does not depend on num_workers, and
+    a loader resumed at batch 2 continues it; another seed gives another stream (the control)."""
+    inline = _stream(tiny_ocelot_root, tmp_path, workers=0)
+    workers = _stream(tiny_ocelot_root, tmp_path, workers=2)
+    resumed = _stream(tiny_ocelot_root, tmp_path, workers=2, start_batch=2)
+    other = _stream(tiny_ocelot_root, tmp_path, workers=2, seed=1)
+    assert len(inline) == len(workers) == 4 and len(resumed) == 2
+    for a, b in zip(inline, workers):
+        assert a["id"] == b["id"] and torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+    for a, b in zip(inline[2:], resumed):
+        assert a["id"] == b["id"] and torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+    assert not all(torch.equal(a["image"], c["image"]) for a, c in zip(inline, other))
 
 
 def test_train_writes_a_complete_run_folder(tiny_ocelot_root, tmp_path):

@@ -131,6 +131,20 @@ class ResumableLoader(DataLoader):
         self.sampler.start_batch = int(state.get("batches_done", 0))  # type: ignore[attr-defined]
 
 
+def training_loader(ds: Dataset, cfg: ExperimentConfig, total_steps: int, rank: int = 0, world_size: int = 1,
+                    start_batch: int = 0, progress_fn=None) -> ResumableLoader:
+    """The engine's training stream: ``total_steps`` batches of ``cfg.data.batch_size`` samples for one rank.
+
+    Each sample is ``ds[(index, item seed)]`` with the seed fixed by its stream position, so the batches are
+    the same for any ``cfg.data.num_workers`` and a loader started at ``start_batch`` continues the stream.
+    """
+    sampler = ResumableSampler(len(ds), cfg.data.batch_size, total_steps, cfg.seed, rank=rank,
+                               world_size=world_size, start_batch=start_batch)
+    return ResumableLoader(SeededItems(ds), batch_size=cfg.data.batch_size, sampler=sampler,
+                           num_workers=cfg.data.num_workers, collate_fn=collate, persistent_workers=False,
+                           progress_fn=progress_fn)
+
+
 # ======================================================================================= checkpoint I/O
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes checkpoints to a temporary file, fsyncs, then ``os.replace``s it over the target (atomic on
@@ -236,13 +250,10 @@ class SegmentationModule(pl.LightningModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self.train_ds or self._dataset("train")
-        sampler = ResumableSampler(len(ds), self.cfg.data.batch_size, self.total_steps, self.cfg.seed,
-                                   rank=self.global_rank, world_size=self.trainer.world_size,
-                                   start_batch=getattr(self, "_resume_batches", 0))
         trainer = self.trainer
-        return ResumableLoader(SeededItems(ds), batch_size=self.cfg.data.batch_size, sampler=sampler,
-                               num_workers=self.cfg.data.num_workers, collate_fn=collate,
-                               persistent_workers=False, progress_fn=lambda: trainer.global_step)
+        return training_loader(ds, self.cfg, self.total_steps, rank=self.global_rank,
+                               world_size=trainer.world_size, start_batch=getattr(self, "_resume_batches", 0),
+                               progress_fn=lambda: trainer.global_step)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self._dataset("val"), batch_size=1, shuffle=False, collate_fn=collate,
