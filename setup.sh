@@ -44,14 +44,22 @@ GET_OCELOT=0
 FORCE=0
 ESCNN_SPEC="escnn==1.0.11"
 
+value_of() { # OPTION NEXT-ARGUMENT...: the option's value, or a clear error when it has none
+  if [[ $# -lt 2 || -z "$2" || "$2" == --* ]]; then
+    echo "setup.sh: $1 needs a value (see --help)" >&2
+    exit 2
+  fi
+  echo "$2"
+}
+
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --conda) USE_CONDA=1 ;;
-    --venv) VENV="$2"; shift ;;
-    --env-name) ENV_NAME="$2"; shift ;;
-    --python) PYTHON="$2"; shift ;;
-    --torch) TORCH_SPEC="$2"; shift ;;
-    --torch-index) TORCH_INDEX="$2"; shift ;;
+    --venv) VENV="$(value_of "$@")"; shift ;;
+    --env-name) ENV_NAME="$(value_of "$@")"; shift ;;
+    --python) PYTHON="$(value_of "$@")"; shift ;;
+    --torch) TORCH_SPEC="$(value_of "$@")"; shift ;;
+    --torch-index) TORCH_INDEX="$(value_of "$@")"; shift ;;
     --no-data) MAKE_DATA=0 ;;
     --ocelot) GET_OCELOT=1 ;;
     --force) FORCE=1 ;;
@@ -79,6 +87,7 @@ if [[ $USE_CONDA == 1 ]]; then
 else
   step "virtual environment in $VENV"
   if [[ ! -x "$VENV/bin/python" ]]; then
+    command -v "$PYTHON" >/dev/null || { echo "setup.sh: --python '$PYTHON' is not an executable on PATH" >&2; exit 1; }
     "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
   else

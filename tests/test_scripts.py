@@ -5,12 +5,14 @@ Slurm submission of the same scripts is tested in ``tests/test_slurm.py``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
 import signal
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import pytest
 from tunnel_helpers import http_status, read_details
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["train.sh", "jupyter_tunnel.sh", "tests/slurm_cluster.sh"]
+SCRIPTS = ["train.sh", "jupyter_tunnel.sh", "setup.sh", ".ci/run", "tests/slurm_cluster.sh"]
 
 
 def _truthy(value: str | None) -> bool:
@@ -60,6 +62,61 @@ def test_shellcheck_clean(shellcheck, script):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == ""
+
+
+SETUP_ERRORS = {
+    # options → (exit code, words the one-line message must hold)
+    "unknown option": (["--bogus"], 2, ["unknown option '--bogus'"]),
+    "value missing at the end": (["--venv"], 2, ["--venv needs a value"]),
+    "value missing before an option": (["--python", "--no-data"], 2, ["--python needs a value"]),
+    "empty value": (["--torch", ""], 2, ["--torch needs a value"]),
+    "python not found": (["--venv", "{tmp}/venv", "--python", "no-such-python3"], 1,
+                         ["--python 'no-such-python3'", "not an executable"]),
+    "conda missing": (["--conda"], 1, ["--conda given but conda is not on PATH"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SETUP_ERRORS))
+def test_setup_options_fail_clearly_and_create_nothing(case, tmp_path):
+    args, code, words = SETUP_ERRORS[case]
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    path = "/usr/bin:/bin"
+    if case == "conda missing" and shutil.which("conda", path=path):
+        pytest.skip("conda is installed in /usr/bin or /bin")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = subprocess.run(["bash", "setup.sh", *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PATH": path})
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    for w in words:
+        assert w in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "unbound variable" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no half-made venv
+
+
+def test_setup_help_lists_every_option():
+    proc = subprocess.run(["bash", "setup.sh", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("Usage: bash setup.sh")
+    parsed = set(re.findall(r"^\s+(--[a-z-]+)\)", (ROOT / "setup.sh").read_text(), re.M))
+    assert parsed >= {"--conda", "--venv", "--python", "--torch", "--no-data", "--force"}
+    for option in parsed:
+        assert option in proc.stdout, f"{option} is parsed but not in --help"
+
+
+def test_setup_rerun_skips_what_is_installed():
+    """A second `setup.sh` on the environment the tests run in installs nothing (its fingerprint matches)."""
+    prefix = Path(sys.prefix)
+    stamp = prefix / ".equivariant-ocelot-setup"
+    if not (prefix / "bin" / "python").is_file() or not stamp.is_file():
+        pytest.skip(f"the test environment {prefix} was not made by setup.sh")
+    inputs = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + (ROOT / "environment.yml").read_bytes())
+    if stamp.read_text().split()[0] != inputs.hexdigest()[:16]:
+        pytest.skip("pyproject.toml/environment.yml changed since setup.sh made this environment (rerun it)")
+    proc = subprocess.run(["bash", "setup.sh", "--venv", str(prefix), "--no-data"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "==> packages already installed" in proc.stdout and "==> PyTorch" not in proc.stdout
+    assert "synthetic default data" not in proc.stdout  # --no-data
+    assert proc.stdout.rstrip().endswith(f"Python: {prefix}/bin/python")
 
 
 @pytest.mark.parametrize("script", ["train.sh", "jupyter_tunnel.sh", "tests/slurm_cluster.sh"])
