@@ -135,3 +135,66 @@ def test_reseed_makes_a_sample_a_pure_function_of_the_seed(tiny_ocelot_root: Pat
         ds.reseed(s)
         draws.append(ds[0]["image"])
     assert any(not torch.equal(draws[0], d) for d in draws[1:])
+
+
+# ------------------------------------------------------------------ alignment, checked on the image itself
+MARKER_RGB = {1: (190, 20, 20), 2: (20, 20, 190)}  # BC red, TC blue 5×5 squares on white
+
+
+def _marker_set(src: Path, dst: Path, seed: int = 0) -> Path:
+    """A copy of the tiny set whose train images are white with a coloured 5×5 square drawn (by slicing, not
+    by the mask helper) at every annotated cell; cells ≥ 14 px apart so the squares never touch."""
+    import shutil
+
+    from PIL import Image
+
+    from util.ocelot import cell_csv_path, find_image, list_ids, write_cells_csv
+
+    shutil.copytree(src, dst)
+    rng = np.random.default_rng(seed)
+    for sid in list_ids(dst, "train"):
+        path = find_image(dst, "train", sid)
+        h, w = np.array(Image.open(path)).shape[:2]
+        path.unlink()
+        grid = [(x, y) for y in range(6, h - 6, 14) for x in range(6, w - 6, 14)]
+        chosen = rng.choice(len(grid), size=len(grid) // 2, replace=False)
+        pts = np.array([[*grid[i], int(rng.integers(1, 3))] for i in sorted(chosen)])
+        image = np.full((h, w, 3), 255, np.uint8)
+        for x, y, c in pts:
+            image[y - 2:y + 3, x - 2:x + 3] = MARKER_RGB[int(c)]
+        Image.fromarray(image).save(path.with_suffix(".png"))
+        write_cells_csv(cell_csv_path(dst, "train", sid), pts)
+    return dst
+
+
+@pytest.mark.parametrize("preset", ["none", "flips_rot90", "rotate_any", "full"])
+def test_crop_and_augmentation_keep_points_on_their_cells(tiny_ocelot_root: Path, tmp_path: Path, preset) -> None:
+    """Each training sample's points lie on the cells drawn in its own image, with the right class, and every
+    cell in the crop has its point: read from the pixels, independent of the mask helper."""
+    from scipy import ndimage
+
+    root = _marker_set(tiny_ocelot_root, tmp_path / "markers")
+    ds = OcelotDataset(root, "train", crop_size=64, transforms=preset, mask_radius_um=1.0, seed=3)
+    checked = 0
+    for draw in range(12):
+        ds.reseed(1000 + draw)
+        s = ds[draw % len(ds)]
+        img = (s["image"].permute(1, 2, 0).numpy() * 255).astype(np.float64)
+        dark = img.mean(-1) < 200  # marker pixels; white (even stain-jittered) stays above
+        labels, n = ndimage.label(dark)
+        pts = s["points"].numpy()
+        mask = s["mask"].numpy()
+        for x, y, c in pts:
+            assert dark[y, x], f"{preset}: point ({x}, {y}) is not on a drawn cell"
+            assert mask[y, x] == c
+            r, _, b = img[y, x]
+            if preset != "full":  # stain jitter shifts hues; the other presets keep red red and blue blue
+                assert (r > b) == (c == 1), f"{preset}: point ({x}, {y}) class {c} on a cell of the other colour"
+        for k, centre in enumerate(ndimage.center_of_mass(dark, labels, range(1, n + 1)), start=1):
+            ys, xs = np.nonzero(labels == k)
+            if ys.min() == 0 or xs.min() == 0 or ys.max() == 63 or xs.max() == 63 or len(ys) < 12:
+                continue  # cut by the crop edge: its centre is not the cell's
+            d = np.hypot(pts[:, 0] - centre[1], pts[:, 1] - centre[0]).min() if len(pts) else np.inf
+            assert d <= 1.0, f"{preset}: a drawn cell at {centre[::-1]} has no point within 1 px (nearest {d:.2f})"
+            checked += 1
+    assert checked >= 60
