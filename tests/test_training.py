@@ -248,6 +248,45 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tiny_ocel
     assert not (run_dir / "metrics.json").exists()
 
 
+class SignalInValidation(UNet):
+    """A U-Net that sends SIGTERM to its own process once, from its ``at``-th eval forward (a validation batch)."""
+
+    fired = False
+
+    def __init__(self, at: int = 2, **kw):
+        super().__init__(**kw)
+        self.at, self.eval_calls = at, 0
+
+    def forward(self, x):
+        if not self.training:
+            if self.eval_calls == self.at and not SignalInValidation.fired:
+                SignalInValidation.fired = True
+                os.kill(os.getpid(), signal.SIGTERM)
+            self.eval_calls += 1
+        return super().forward(x)
+
+
+def test_sigterm_inside_a_validation_keeps_its_row_and_resumes(tiny_ocelot_root, tmp_path):
+    """SIGTERM on the first batch of step 4's validation (2 val images, 2 steps per pass): the validation
+    finishes, its row is in history.csv and in last.ckpt (step 4); the rerun completes every validation."""
+    register_model("signal_in_validation_test", SignalInValidation)
+    SignalInValidation.fired = False
+    cfg = tiny(tiny_ocelot_root, tmp_path, "model.name=signal_in_validation_test", "model.kwargs.at=2",
+               "max_steps=8", "eval_transforms=[]")
+    first = train(cfg, quiet=True)
+    assert SignalInValidation.fired and first.stopped_by_signal
+    steps = [int(r["step"]) for r in csv.DictReader((first.run_dir / "history.csv").open())]
+    assert steps == [2, 4]
+    ck = load_checkpoint(first.run_dir / "checkpoints" / "last.ckpt")
+    assert ck["global_step"] == 4
+    rows = json.loads(next(v for k, v in ck["callbacks"].items() if "HistoryCallback" in k)["rows"])
+    assert [r["step"] for r in rows] == [2, 4]
+    second = train(cfg, quiet=True)
+    assert not second.stopped_by_signal and second.run_dir == first.run_dir
+    steps = [int(r["step"]) for r in csv.DictReader((first.run_dir / "history.csv").open())]
+    assert steps == [2, 4, 6, 8]
+
+
 @pytest.mark.slow
 def test_sigterm_mid_run_then_rerun_equals_uninterrupted(tiny_ocelot_root, tmp_path):
     common = ["util.train", str(TINY), f"data.root={tiny_ocelot_root}", "max_steps=24", "val_every_n_epochs=5",

@@ -456,6 +456,46 @@ class StopCheckpoint(Callback):
                 self._save(trainer)
 
 
+class FinishValidationOnStop(Callback):
+    """A stop signal that lands inside a validation waits for that validation to finish, when it will within
+    ``grace_s`` seconds (estimated from the batches so far), so its history row and best-checkpoint chance
+    are kept and ``last.ckpt`` is saved after it; a longer validation is abandoned as Lightning does.
+
+    Lightning checks ``trainer.received_sigterm`` after every validation batch and raises ``SIGTERMException``;
+    this callback hides the flag while the validation finishes and sets it again at its end (the training
+    loop then stops at once). Slurm's warning comes 120 s before the kill (``--signal=B:USR1@120``).
+    """
+
+    def __init__(self, grace_s: float = 60.0):
+        self.grace_s = grace_s
+        self.deferred = False
+        self._t0 = 0.0
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.deferred, self._t0 = False, time.perf_counter()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        connector = trainer._signal_connector
+        if trainer.sanity_checking or not connector.received_sigterm:
+            return
+        if not self.deferred:
+            total = trainer.num_val_batches[dataloader_idx]
+            done = batch_idx + 1
+            remaining_s = (time.perf_counter() - self._t0) / done * max(0, total - done)
+            if remaining_s > self.grace_s:
+                return  # too long: stop now, losing this validation
+            self.deferred = True
+            if trainer.is_global_zero:
+                print(f"stop signal at validation batch {done}/{total} of step {trainer.global_step}: finishing "
+                      f"the validation (about {remaining_s:.0f} s) before stopping", flush=True)
+        connector.received_sigterm = False
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.deferred:
+            trainer._signal_connector.received_sigterm = True
+            self.deferred = False
+
+
 class LastCheckpoint(ModelCheckpoint):
     """``checkpoints/last.ckpt`` after every validation, and every ``every`` steps in between.
 
@@ -723,7 +763,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> RunResult:
     best_cb = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/mF1", mode="max", save_top_k=1,
                               save_last=False, auto_insert_metric_name=False, enable_version_counter=False)
     last_cb = LastCheckpoint(last_ckpt, cfg.checkpoint_every_n_steps, val_every)
-    callbacks: list[Callback] = [history, stopper, best_cb, last_cb]
+    callbacks: list[Callback] = [FinishValidationOnStop(), history, stopper, best_cb, last_cb]
     if cfg.progress_bar and not quiet:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.log_every_n_steps // 2)))
     elif not quiet:
