@@ -92,7 +92,9 @@ def check_run_folder(run_dir: Path) -> dict:
     model = build_model(cfg.model.name, **model_kwargs(cfg))
     assert metrics["parameters"] == count_parameters(model) > 0
     assert metrics["train_wall_s"] > 0
-    assert metrics["equivariance"]["group"] == "D4" and metrics["equivariance"]["max"] >= 0
+    eq = metrics["equivariance"]
+    per = eq["per_element"]
+    assert eq["group"] == "D4" and len(per) == 8 and per["e"] == 0.0 and eq["max"] == max(per.values()) > 0
     assert "time_to_target_s" in metrics and metrics["steps"] == metrics["max_steps"]
     env = json.loads((run_dir / "env.json").read_text())
     assert env["packages"]["torch"] and "git" in env and "device" in env
@@ -173,7 +175,9 @@ def test_train_writes_a_complete_run_folder(tiny_ocelot_root, tmp_path):
     assert np.array_equal(np.rint(direct[:, :3]), preds[0][:, :3])
     ev_tta = evaluate(res.run_dir, "test", tta=True, transforms=[])
     assert (res.run_dir / "eval_test_tta.json").is_file() and (res.run_dir / "predictions" / "test_tta.json").is_file()
-    assert 0 <= ev_tta["test"]["mF1"] <= 1
+    tta_preds, _ = read_points_json(res.run_dir / "predictions" / "test_tta.json")
+    tta_rescored = cell_detection_scores(tta_preds, [g[:, :3] for g in gts], cutoff=15)
+    assert ev_tta["test"]["mF1"] == pytest.approx(tta_rescored["mF1"], abs=1e-4)
 
 
 def test_rerun_of_a_finished_run_resumes_and_changes_nothing(tiny_ocelot_root, tmp_path):
