@@ -1,0 +1,57 @@
+"""Training and evaluation engine: LightningModule, Trainer assembly, run folders, resume, evaluation.
+
+``train(config) -> RunResult`` runs one experiment end to end and writes ``<runs_dir>/<name>/<run_id>/``:
+
+* ``config.yaml``: the fully resolved :class:`~util.config.ExperimentConfig`;
+* ``history.csv``: one row per validation (step, wall time, train/val loss, val mF1, F1 and Dice per class, lr);
+* ``metrics.json``: test Dice/IoU per class, cell P/R/F1 per class and mF1 (also on the 90°-rotated and flipped
+  test images), equivariance error of the trained model, wall time, time to target, parameter count, ...;
+* ``checkpoints/best.ckpt`` (highest validation mF1) and ``checkpoints/last.ckpt``;
+* ``predictions/test.json`` (and ``test_gt.json``) in the OCELOT 2023 point format (see :func:`write_points_json`);
+* ``env.json``: package versions, git commit, device; ``logs/v<session>/metrics.csv`` (CSV logger), ``comet/`` (offline
+  Comet archives, when used).
+
+Training is step-based: the training stream is a sequence of ``max_steps`` batches drawn by
+:class:`ResumableSampler` (a fresh seeded permutation every pass over the data, each sample's crop and
+augmentation seeded by its position in the stream). Checkpoints hold the Lightning loop state and the number
+of batches consumed, so a run stopped anywhere (SIGTERM, Slurm pre-emption) and restarted with ``resume=auto``
+continues with exactly the batches an uninterrupted run would have seen. Checkpoints are written atomically
+(temporary file, fsync, ``os.replace``) and loaded with ``torch.load(weights_only=True)``.
+
+The package, one job a module (every name is re-exported here, so ``from util.training import X`` keeps working):
+
+=================  ==========================================================================================
+``data``           the resumable, seeded training stream (:class:`ResumableSampler`, :func:`training_loader`)
+``module``         the LightningModule (:class:`SegmentationModule`), loss, learning-rate schedule
+``callbacks``      ``history.csv``, the stop-signal checkpoint, ``last.ckpt`` after validations, progress
+``checkpoints``    atomic save, safe load, which checkpoint to resume from or evaluate
+``runs``           run folders: location, provenance (``env.json``), failure marks
+``settings``       Trainer settings: device, precision, DDP, Slurm
+``fit``            :func:`train`: one experiment end to end
+``evaluation``     test sets and transformed copies, threshold choice, equivariance error, :func:`evaluate`
+``points``         the OCELOT "Multiple points" JSON
+=================  ==========================================================================================
+"""
+from util.training.data import ResumableSampler, SeededItems, ResumableLoader, training_loader  # noqa: F401
+from util.training.checkpoints import (AtomicCheckpointIO, atomic_torch_save, load_checkpoint, _atomic_write_text,
+                                       CheckpointError, _checkpoint_step, resume_candidates, pick_checkpoint,
+                                       latest_checkpoint, weights_checkpoint, _maybe)  # noqa: F401
+from util.training.module import (NUM_CLASSES, NonFiniteLossError, make_loss, model_kwargs, steps_per_epoch,
+                                  SegmentationModule, _CosineWarmup, _inference_kwargs, detect,
+                                  _validation_threshold)  # noqa: F401
+from util.training.callbacks import (HistoryCallback, StopCheckpoint, FinishValidationOnStop, LastCheckpoint,
+                                     PrintProgress)  # noqa: F401
+from util.training.runs import (RunResult, resolve_run_dir, git_commit, environment_info, FAILED_FILE, _mark_failed,
+                                _prepare_run_dir, _json_clean)  # noqa: F401
+from util.training.settings import _under_slurm, _slurm_tasks, trainer_settings, _world_size, _env_rank  # noqa: F401
+from util.training.fit import train, _train, _finalize_loggers, _run_summary  # noqa: F401
+from util.training.evaluation import (load_model_from_checkpoint, _TRANSFORM_ELEMENTS, evaluate_model,
+                                      per_image_counts, choose_detection, trained_equivariance_error, LoadedRun,
+                                      load_run, evaluate, predict, format_metrics_table)  # noqa: F401
+from util.training.points import write_points_json, read_points_json  # noqa: F401
+
+__all__ = ["train", "evaluate", "predict", "load_run", "LoadedRun", "choose_detection", "per_image_counts", "RunResult", "SegmentationModule", "ResumableSampler",
+           "AtomicCheckpointIO", "atomic_torch_save", "load_checkpoint", "load_model_from_checkpoint",
+           "evaluate_model", "write_points_json", "read_points_json", "format_metrics_table", "NonFiniteLossError",
+           "resolve_run_dir", "trainer_settings", "environment_info", "latest_checkpoint",
+           "weights_checkpoint", "CheckpointError", "FAILED_FILE"]
