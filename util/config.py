@@ -36,11 +36,26 @@ from typing import Any, Iterable, Sequence, Union
 
 import yaml
 
-from util.dataloader import DataConfig
 
 
 class ConfigError(ValueError):
     """A bad configuration key or value; the message names it."""
+
+
+@dataclass
+class DataConfig:
+    """Everything that decides the data a run sees (saved with the run's config)."""
+
+    root: str = "data/synthetic_ocelot"
+    preset: str = "flips_rot90"
+    crop_size: int | None = 256
+    batch_size: int = 4
+    num_workers: int = 0
+    subset_fraction: float = 1.0
+    subset_seed: int = 0
+    mask_radius_um: float = 2.0
+    with_tissue: bool = False
+    manifest_dir: str | None = None
 
 
 @dataclass

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,26 +30,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from util.ocelot import (cell_box_in_tissue, cell_csv_path, find_image, list_ids, read_cells_csv,
                          read_image, read_metadata, read_tissue_mask, sample_mpp, points_to_mask, tissue_png_path)
+from util.config import DataConfig  # noqa: F401  (defined with the other config sections)
 from util.transforms import FILL, PRESETS, Augmenter
 
 #: Model input sides must be multiples of this (2**depth for the default depth 4).
 SIZE_MULTIPLE = 16
-
-
-@dataclass
-class DataConfig:
-    """Everything that decides the data a run sees (saved with the run's config)."""
-
-    root: str = "data/synthetic_ocelot"
-    preset: str = "flips_rot90"
-    crop_size: int | None = 256
-    batch_size: int = 4
-    num_workers: int = 0
-    subset_fraction: float = 1.0
-    subset_seed: int = 0
-    mask_radius_um: float = 2.0
-    with_tissue: bool = False
-    manifest_dir: str | None = None
 
 
 def select_subset(ids: list[str], fraction: float, seed: int) -> list[str]:
