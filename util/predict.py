@@ -11,7 +11,7 @@ non-recursively, sorted). Images of any size go through the run's exact sliding 
 
 * ``<stem>.csv``: header ``x,y,class,probability,class_name``; x = column, y = row (pixels of the input image),
   class 1 = BC (background cell), 2 = TC (tumour cell), probability = detection confidence;
-* ``<stem>.json``: the OCELOT 2023 "Multiple points" file (:func:`util.training.write_points_json`);
+* ``<stem>.json``: the OCELOT 2023 "Multiple points" file (:func:`util.ocelot.write_points_json`);
 * ``<stem>.geojson``: a FeatureCollection of Point annotations that QuPath (≥ 0.4) imports with
   *File → Import objects from file*: classification ``Background cell`` / ``Tumour cell`` with a colour, the
   probability as the measurement ``probability``; coordinates in pixels (column, row), as in the CSV;
@@ -34,7 +34,6 @@ import csv
 import io
 import json
 import math
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from util.cells import Threshold, class_thresholds, detect, probabilities
+from util.files import atomic_write
 from util.ocelot import OcelotFormatError, read_image, read_metadata, sample_mpp
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -251,19 +251,6 @@ def image_mpp(path: str | Path, mpp: float | None = None) -> float:
 
 
 # ============================================================================================ writers
-def _atomic_write(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _num(v: float) -> int | float:
     """An integral float as int (JSON/CSV ``12`` rather than ``12.0``), others unchanged."""
     v = float(v)
@@ -363,17 +350,17 @@ def draw_overlay(image: np.ndarray, cells: np.ndarray, mpp: float) -> Image.Imag
 def write_outputs(out: str | Path, name: str, image: np.ndarray, cells: np.ndarray, mpp: float
                   ) -> dict[str, Path]:
     """Write ``<name>.csv``, ``.json``, ``.geojson`` and ``_overlay.png`` into ``out`` (each atomically)."""
-    from util.training import write_points_json
+    from util.ocelot import write_points_json
 
     out = Path(out)
     files = {"csv": out / f"{name}.csv", "json": out / f"{name}.json", "geojson": out / f"{name}.geojson",
              "overlay": out / f"{name}_overlay.png"}
-    _atomic_write(files["csv"], points_csv(cells))
+    atomic_write(files["csv"], points_csv(cells))
     write_points_json(files["json"], [_points(cells)], [name], [mpp])
-    _atomic_write(files["geojson"], json.dumps(points_to_geojson(cells)))
+    atomic_write(files["geojson"], json.dumps(points_to_geojson(cells)))
     buf = io.BytesIO()
     draw_overlay(image, cells, mpp).save(buf, format="PNG")
-    _atomic_write(files["overlay"], buf.getvalue())
+    atomic_write(files["overlay"], buf.getvalue())
     return files
 
 

@@ -402,26 +402,22 @@ def plot_data_preview(root: str | Path, split: str = "train", n: int = 4, mask_r
 def plot_prediction_overlay(run_dir: str | Path, out_dir: str | Path | None = "visualization", n: int = 4,
                             split: str = "test", name: str = "prediction_overlay") -> plt.Figure:
     """Test images of a run with ground truth (hollow circles) and its predictions (crosses)."""
-    from util.ocelot import find_image, read_cells_csv, read_image
+    from util.ocelot import cell_csv_path, find_image, read_cells_csv, read_image, read_points_json
 
     run_dir = Path(run_dir)
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     root = Path(cfg["data"]["root"])
     pred_file = run_dir / "predictions" / f"{split}.json"
-    doc = json.loads(pred_file.read_text())
-    ids = [im["id"] for im in doc.get("images", [])]
-    per: dict[int, list] = {}
-    for p in doc["points"]:
-        per.setdefault(int(p["name"].split("_")[-1]), []).append(p["point"][:3])
+    predicted, ids = read_points_json(pred_file)
     k = min(n, len(ids))
     fig, axes = plt.subplots(1, max(1, k), figsize=(4 * max(1, k), 4.3), squeeze=False)
     for j in range(k):
         ax = axes[0, j]
         img_path = find_image(root, split, ids[j])
         ax.imshow(read_image(img_path))
-        gt = read_cells_csv(root / "annotations" / split / "cell" / f"{ids[j]}.csv")
+        gt = read_cells_csv(cell_csv_path(root, split, ids[j]))
         _draw_points(ax, gt, marker="o", size=40, filled=False, label_prefix="true ")
-        _draw_points(ax, np.array(per.get(j, []), dtype=float).reshape(-1, 3), marker="x", size=20,
+        _draw_points(ax, predicted[j][:, :3] if j < len(predicted) else np.zeros((0, 3)), marker="x", size=20,
                      label_prefix="predicted ")
         ax.set_title(ids[j], fontsize=9)
         ax.set_xticks([])
@@ -469,7 +465,7 @@ def plot_augmentation_grid(root: str | Path, out_dir: str | Path | None = "visua
 
 def class_balance_table(root: str | Path, splits: Sequence[str] = ("train", "val", "test")) -> pd.DataFrame:
     """One row per image: split, id, number of BC and TC cells (from the annotation CSVs)."""
-    from util.ocelot import list_ids, read_cells_csv
+    from util.ocelot import cell_csv_path, list_ids, read_cells_csv
 
     rows = []
     root = Path(root)
@@ -479,7 +475,7 @@ def class_balance_table(root: str | Path, splits: Sequence[str] = ("train", "val
         except (FileNotFoundError, ValueError):
             continue
         for sid in ids:
-            csv = root / "annotations" / split / "cell" / f"{sid}.csv"
+            csv = cell_csv_path(root, split, sid)
             pts = read_cells_csv(csv) if csv.is_file() else np.zeros((0, 3))
             cls = np.asarray(pts)[:, 2] if len(pts) else np.zeros(0)
             rows.append({"split": split, "id": sid, "BC": int((cls == 1).sum()), "TC": int((cls == 2).sum())})

@@ -13,12 +13,12 @@ import fcntl
 import io
 import json
 import math
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from util.files import atomic_write
 from util.study.points import Point
 from util.study.spec import Study
 
@@ -64,16 +64,6 @@ def read_rows(path: Path) -> dict[str, dict[str, str]]:
     with open(path, newline="") as f:
         return {r["point"]: r for r in csv.DictReader(f)}
 
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, fsync, ``os.replace`` it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def upsert_row(path: Path, row: Mapping[str, Any], lock: Path) -> None:

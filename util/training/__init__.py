@@ -29,26 +29,25 @@ The package, one job a module (every name is re-exported here, so ``from util.tr
 ``settings``       Trainer settings: device, precision, DDP, Slurm
 ``fit``            :func:`train`: one experiment end to end
 ``evaluation``     test sets and transformed copies, threshold choice, equivariance error, :func:`evaluate`
-``points``         the OCELOT "Multiple points" JSON
 =================  ==========================================================================================
 """
-from util.training.data import ResumableSampler, SeededItems, ResumableLoader, training_loader  # noqa: F401
-from util.training.checkpoints import (AtomicCheckpointIO, atomic_torch_save, load_checkpoint, _atomic_write_text,
-                                       CheckpointError, _checkpoint_step, resume_candidates, pick_checkpoint,
-                                       latest_checkpoint, weights_checkpoint, _maybe)  # noqa: F401
-from util.training.module import (NUM_CLASSES, NonFiniteLossError, make_loss, model_kwargs, steps_per_epoch,
-                                  SegmentationModule, _CosineWarmup, _inference_kwargs, detect,
-                                  _validation_threshold)  # noqa: F401
 from util.training.callbacks import (HistoryCallback, StopCheckpoint, FinishValidationOnStop, LastCheckpoint,
                                      PrintProgress)  # noqa: F401
-from util.training.runs import (RunResult, resolve_run_dir, git_commit, environment_info, FAILED_FILE, _mark_failed,
-                                _prepare_run_dir, _json_clean)  # noqa: F401
-from util.training.settings import _under_slurm, _slurm_tasks, trainer_settings, _world_size, _env_rank  # noqa: F401
-from util.training.fit import train, _train, _finalize_loggers, _run_summary  # noqa: F401
+from util.training.checkpoints import (AtomicCheckpointIO, atomic_torch_save, load_checkpoint,
+                                       CheckpointError, _checkpoint_step, resume_candidates, pick_checkpoint,
+                                       latest_checkpoint, weights_checkpoint, _maybe)  # noqa: F401
+from util.training.data import ResumableSampler, SeededItems, ResumableLoader, training_loader  # noqa: F401
 from util.training.evaluation import (load_model_from_checkpoint, _TRANSFORM_ELEMENTS, evaluate_model,
                                       per_image_counts, choose_detection, trained_equivariance_error, LoadedRun,
                                       load_run, evaluate, predict, format_metrics_table)  # noqa: F401
-from util.training.points import write_points_json, read_points_json  # noqa: F401
+from util.training.fit import train, _train, _finalize_loggers, _run_summary  # noqa: F401
+from util.training.module import (NUM_CLASSES, NonFiniteLossError, make_loss, model_kwargs, steps_per_epoch,
+                                  SegmentationModule, _CosineWarmup, _inference_kwargs, detect,
+                                  _validation_threshold)  # noqa: F401
+from util.ocelot import write_points_json, read_points_json  # noqa: F401
+from util.training.runs import (RunResult, resolve_run_dir, git_commit, environment_info, FAILED_FILE, _mark_failed,
+                                _prepare_run_dir, _json_clean)  # noqa: F401
+from util.training.settings import _under_slurm, _slurm_tasks, trainer_settings, _world_size, _env_rank  # noqa: F401
 
 __all__ = ["train", "evaluate", "predict", "load_run", "LoadedRun", "choose_detection", "per_image_counts", "RunResult", "SegmentationModule", "ResumableSampler",
            "AtomicCheckpointIO", "atomic_torch_save", "load_checkpoint", "load_model_from_checkpoint",

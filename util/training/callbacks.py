@@ -14,7 +14,7 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from util.training.checkpoints import _atomic_write_text
+from util.files import atomic_write
 from util.training.module import SegmentationModule
 
 
@@ -57,7 +57,7 @@ class HistoryCallback(Callback):
         w = csv.DictWriter(buf, fieldnames=self.FIELDS)
         w.writeheader()
         w.writerows(self.rows)
-        _atomic_write_text(self.path, buf.getvalue())
+        atomic_write(self.path, buf.getvalue())
 
     def state_dict(self) -> dict:
         return {"rows": json.dumps(self.rows), "elapsed": self.elapsed()}

@@ -2,7 +2,6 @@
 or to evaluate."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -10,6 +9,8 @@ from typing import Any, Sequence
 import torch
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from util.files import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -23,30 +24,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(path, map_location=map_location or "cpu")
 
 
-
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` atomically (temporary file in the same folder + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
+    """``torch.save`` to ``path`` atomically (:func:`util.files.atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
@@ -60,17 +40,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
         raise RuntimeError(f"cannot load checkpoint {path} with weights_only=True: {e}") from e
 
 
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-
 class CheckpointError(RuntimeError):
     """Checkpoints exist in a run folder but none can be used; the message names each file and why."""
-
 
 
 def _checkpoint_step(path: Path) -> int:
@@ -81,13 +52,11 @@ def _checkpoint_step(path: Path) -> int:
     return int(ck["global_step"])
 
 
-
 def resume_candidates(run_dir: Path) -> list[Path]:
     """The full training states a run can resume from, in order of preference on equal steps:
     ``checkpoints/last.ckpt``, Lightning's Slurm pre-emption ``hpc_ckpt_*.ckpt``, ``checkpoints/best.ckpt``."""
     return [run_dir / "checkpoints" / "last.ckpt"] + sorted(run_dir.glob("hpc_ckpt_*.ckpt")) + \
         [run_dir / "checkpoints" / "best.ckpt"]
-
 
 
 def pick_checkpoint(paths: Sequence[Path], most_steps: bool = True) -> tuple[Path | None, list[str]]:
@@ -114,7 +83,6 @@ def pick_checkpoint(paths: Sequence[Path], most_steps: bool = True) -> tuple[Pat
     return (best[2] if best else None), notes
 
 
-
 def latest_checkpoint(run_dir: Path, report: bool = True) -> Path | None:
     """The checkpoint ``resume=auto`` continues from: the readable full state with the most optimizer steps among
     ``checkpoints/last.ckpt``, ``hpc_ckpt_*.ckpt`` (Slurm pre-emption) and ``checkpoints/best.ckpt``; ties go in that
@@ -134,7 +102,6 @@ def latest_checkpoint(run_dir: Path, report: bool = True) -> Path | None:
     return found
 
 
-
 def weights_checkpoint(run_dir: Path) -> Path:
     """The checkpoint to evaluate: ``best.ckpt`` when readable, else ``last.ckpt`` (saying why), else the most
     advanced readable ``hpc_ckpt_*``; :class:`CheckpointError` naming every file when none is usable."""
@@ -151,7 +118,6 @@ def weights_checkpoint(run_dir: Path) -> Path:
     if found.name != "best.ckpt" and (ck / "best.ckpt").is_file():
         print(f"evaluating {found} instead of the unreadable best.ckpt", file=sys.stderr)
     return found
-
 
 
 def _maybe(p: Path) -> Path | None:

@@ -18,10 +18,11 @@ from util.cells import (Threshold, apply_threshold, choose_threshold, detection_
                         resolve_threshold, training_mpp)
 from util.config import ExperimentConfig, load_config
 from util.dataloader import OcelotDataset
+from util.files import atomic_write
 from util.metrics import CLASS_NAMES, SegmentationAccumulator, cell_detection_scores, cutoff_px
-from util.training.checkpoints import _atomic_write_text, load_checkpoint, weights_checkpoint
+from util.ocelot import write_points_json
+from util.training.checkpoints import load_checkpoint, weights_checkpoint
 from util.training.module import NUM_CLASSES, _inference_kwargs, detect, model_kwargs
-from util.training.points import write_points_json
 from util.training.runs import _json_clean
 
 
@@ -328,7 +329,7 @@ def evaluate(run_or_checkpoint: str | Path, split: str = "test", tta: bool = Fal
         res["detection"] = chosen
     if write:
         name = f"eval_{split}{'_tta' if tta else ''}{tag}.json"
-        _atomic_write_text(run.run_dir / name, json.dumps(_json_clean(res), indent=2))
+        atomic_write(run.run_dir / name, json.dumps(_json_clean(res), indent=2))
     return res
 
 

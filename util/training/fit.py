@@ -19,17 +19,18 @@ from model import count_parameters
 from util.cells import training_mpp
 from util.config import ExperimentConfig
 from util.dataloader import OcelotDataset
+from util.files import atomic_write
 from util.metrics import flatten_scores
 from util.ocelot import check_dataset_for_training
+from util.tracking import CometTracker, find_secret, make_loggers
 from util.training.callbacks import (FinishValidationOnStop, HistoryCallback, LastCheckpoint, PrintProgress,
                                      StopCheckpoint)
-from util.training.checkpoints import CheckpointError, _atomic_write_text, _maybe, latest_checkpoint, weights_checkpoint
+from util.training.checkpoints import CheckpointError, _maybe, latest_checkpoint, weights_checkpoint
 from util.training.evaluation import (choose_detection, evaluate_model, load_model_from_checkpoint,
                                       trained_equivariance_error)
 from util.training.module import NonFiniteLossError, SegmentationModule, steps_per_epoch
 from util.training.runs import FAILED_FILE, RunResult, _json_clean, _mark_failed, _prepare_run_dir, resolve_run_dir
 from util.training.settings import _env_rank, _world_size, trainer_settings
-from util.tracking import CometTracker, find_secret, make_loggers
 
 
 def train(config: ExperimentConfig, quiet: bool = False) -> RunResult:
@@ -165,7 +166,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> RunResult:
     metrics["train_mpp"] = training_mpp(list(train_ds.mpp.values()))
     metrics.update(_run_summary(cfg, model, history, fit_wall, weights_from, trainer, total_steps))
     metrics["equivariance"] = trained_equivariance_error(model, cfg)
-    _atomic_write_text(run_dir / "metrics.json", json.dumps(_json_clean(metrics), indent=2))
+    atomic_write(run_dir / "metrics.json", json.dumps(_json_clean(metrics), indent=2))
     for lg in loggers:
         if isinstance(lg, CometTracker):
             lg.log_summary({"test": flatten_scores(metrics["test"]["cells"]) | {"mF1": metrics["test"]["mF1"]}})

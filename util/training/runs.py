@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from util.config import ExperimentConfig, load_config
-from util.training.checkpoints import _atomic_write_text, _checkpoint_step
+from util.files import atomic_write
+from util.training.checkpoints import _checkpoint_step
 
 
 @dataclass
@@ -99,7 +100,7 @@ def _mark_failed(run_dir: Path, error: BaseException) -> None:
     doc = {"error": type(error).__name__, "message": str(error), "last_checkpoint_step": step,
            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     try:
-        _atomic_write_text(run_dir / FAILED_FILE, json.dumps(doc, indent=2))
+        atomic_write(run_dir / FAILED_FILE, json.dumps(doc, indent=2))
     except OSError:
         pass
 
@@ -122,8 +123,8 @@ def _prepare_run_dir(cfg: ExperimentConfig, run_dir: Path) -> None:
     cfg_to_save.run_id = run_dir.name
     if cfg_to_save.data.manifest_dir is None:
         cfg_to_save.data.manifest_dir = str(run_dir)
-    _atomic_write_text(cfg_path, cfg_to_save.to_yaml())
-    _atomic_write_text(run_dir / "env.json", json.dumps(environment_info(), indent=2))
+    atomic_write(cfg_path, cfg_to_save.to_yaml())
+    atomic_write(run_dir / "env.json", json.dumps(environment_info(), indent=2))
 
 
 
