@@ -655,10 +655,6 @@ def expand_grid(config: ExperimentConfig) -> list[ExperimentConfig]:
     return points
 
 
-def grid_size(config: ExperimentConfig) -> int:
-    return len(expand_grid(config))
-
-
 def grid_point(config: ExperimentConfig, index: int) -> ExperimentConfig:
     """The ``index``-th point (0-based) of :func:`expand_grid` (e.g. ``$SLURM_ARRAY_TASK_ID``)."""
     points = expand_grid(config)
@@ -669,4 +665,4 @@ def grid_point(config: ExperimentConfig, index: int) -> ExperimentConfig:
 
 __all__ = ["flatten_dict", "ExperimentConfig", "ModelConfig", "DetectionConfig", "InferenceConfig", "DataConfig", "ConfigError",
            "load_config", "apply_overrides", "validate", "valid_keys", "papermill_parameters",
-           "config_from_parameters", "expand_grid", "grid_point", "grid_size", "CHOICES"]
+           "config_from_parameters", "expand_grid", "grid_point", "CHOICES"]

@@ -153,10 +153,6 @@ class CometTracker(Logger):
             self._experiment.end()
             self._experiment = None
 
-    def archives(self) -> list[Path]:
-        """Offline archives written so far."""
-        return sorted(self.offline_dir.glob("*.zip")) if self.offline_dir.is_dir() else []
-
 
 def _quiet_comet_env() -> None:
     """No error reporting to Comet's Sentry and no import-order auto-logging warnings (defaults only; a user's

@@ -287,11 +287,6 @@ class Augmenter:
         return f"Augmenter(preset={self.preset!r}, crop_size={self.crop_size})"
 
 
-def build_transforms(preset: str = "none", crop_size: int | None = None, seed: int | None = None) -> Augmenter:
-    """The augmentation pipeline of a preset (see the module docstring)."""
-    return Augmenter(preset, crop_size=crop_size, seed=seed)
-
-
 #: The 8 elements of D4 as functions on H×W(×C) arrays (identity, rot90 ×3, flips), for tests and evaluation.
 D4_ELEMENTS: dict[str, Any] = {
     "e": lambda a: a,
