@@ -28,6 +28,8 @@ replicate padding, exact when the padding on each axis is even). ``group="C4"`` 
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -53,6 +55,20 @@ class MomentTwoConv(nn.Sequential):
         )
         self.in_type, self.out_type = in_type, out_type
         self._folded: tuple | None = None
+
+    @torch.no_grad()
+    def export(self) -> nn.Sequential:
+        """``[nn.Conv2d (conv and norm folded) → nonlinearity] × 2`` with this block's current weights and
+        running statistics (the eval-mode maths, in plain torch)."""
+        stages = []
+        for conv, norm, act in ((self[0], self[1], self[2]), (self[3], self[4], self[5])):
+            w, b = fold_conv_norm(conv, norm)
+            plain = nn.Conv2d(w.shape[1], w.shape[0], w.shape[-1], padding=conv.padding, bias=True).to(w.device,
+                                                                                                       w.dtype)
+            plain.weight.copy_(w)
+            plain.bias.copy_(b)
+            stages += [plain, copy.deepcopy(act).eval()]
+        return nn.Sequential(*stages)
 
     def forward(self, x: Tensor) -> Tensor:
         """Train mode (or when gradients are needed): the six layers in turn. Eval without gradients: each
@@ -149,6 +165,24 @@ class MomentUNet(UNetBase):
             ups.append(MomentUpCat(types[i + 1], types[i], half, types[i], final, upsample=upsample, **kw))
         self.ups = nn.ModuleList(ups)
         self.head = MomentConv2d(FieldType(chans[0], 0), FieldType(num_classes, 0), 1, group, bias=True)
+
+    @torch.no_grad()
+    def export(self) -> nn.Module:
+        """A plain-torch copy for inference: each ``conv → norm`` pair becomes one ``nn.Conv2d`` with the folded
+        kernel and bias (:func:`~model.equivariant.fold_conv_norm`), the head its assembled ``nn.Conv2d``; the
+        nonlinearities, pools and up-sampling are plain torch already. In eval mode.
+
+        Same outputs as ``self.eval()`` (≤ 1e-5 relative: float rounding) and still exactly equivariant (the
+        kernels are the same numbers); ``forward``, ``pad`` and the size checks are kept.
+        """
+        net = copy.deepcopy(self).eval()
+        for module in list(net.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, MomentTwoConv):
+                    setattr(module, name, child.export())
+                elif isinstance(child, MomentConv2d):
+                    setattr(module, name, child.export())
+        return net
 
 
 #: Seed name kept so old experiment code keeps working.

@@ -125,3 +125,26 @@ def test_eval_folds_norm_into_conv_and_refreshes():
     ref2 = net(x).detach()
     assert torch.allclose(folded2, ref2, rtol=1e-5, atol=1e-5 * float(ref2.abs().max()))
     assert (folded2 - folded).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("group", ["D4", "C4"])
+def test_export_is_plain_torch_with_equal_outputs(group):
+    """export(): only nn.Conv2d (no moment layers or norms left), outputs equal to the eval model (≤ 1e-5
+    relative) after training steps moved the weights and running statistics, and still exactly equivariant."""
+    from model.equivariant import FieldBatchNorm, MomentConv2d
+
+    torch.manual_seed(0)
+    net = MomentUNet(width=8, depth=2, group=group)
+    _adam_steps(net, (2, 3, 32, 32), steps=2)
+    net.eval()
+    plain = net.export()
+    kinds = {type(m) for m in plain.modules()}
+    assert torch.nn.Conv2d in kinds and MomentConv2d not in kinds and FieldBatchNorm not in kinds
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref, out = net(x), plain(x)
+    assert float((out - ref).abs().max() / ref.abs().max()) <= 1e-5
+    assert not plain.training and net.training is False
+    with exact_arithmetic():
+        errors = equivariance_error(plain, torch.randn(1, 3, 32, 32), group=group)
+    assert max(errors.values()) <= 1e-5, errors
