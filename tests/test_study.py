@@ -74,7 +74,7 @@ def tiny_study(tmp_path_factory, tiny_ocelot_root):
     out = tmp_path_factory.mktemp("study")
     cfg = write_study(out / "tiny_study.yaml", tiny_ocelot_root, out)
     ns = SimpleNamespace(out=out, cfg=cfg)
-    ns.plan_rc = study_main(["plan", str(cfg), "--jobs", "2", "--threads", "2", "--steps", "1"])
+    ns.plan_rc = study_main(["plan", str(cfg), "--jobs", "2", "--threads", "2", "--steps", "1", "--save-timing"])
 
     proc = subprocess.Popen([sys.executable, "-m", "util.study", "run", str(cfg), "--jobs", "2", "--threads", "2"],
                             cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -218,6 +218,14 @@ def test_report_writes_tables_readme_and_figures_from_results_alone(results_only
     assert contrast["arm"] == "moment_none" and contrast["vs"] == "plain_none" and contrast["diff"] != ""
     readme = (res / "README.md").read_text()
     assert "## The three contrasts" in readme and "Learning-rate search" in readme and "12 optimizer steps" in readme
+    # plan --save-timing: one row per arm; the report compares arms by it (ratio 1 for the first arm)
+    with open(res / "timing.csv") as f:
+        timing = {r["arm"]: r for r in csv.DictReader(f)}
+    assert set(timing) == {"plain_none", "moment_none"} and all(float(r["s_per_step"]) > 0 for r in timing.values())
+    assert timing["plain_none"]["threads"] == "1" and timing["plain_none"]["device"] == "cpu"
+    assert "Compute per step on an idle machine" in readme and "| × plain_none |" in readme
+    ratio = float(timing["moment_none"]["s_per_step"]) / float(timing["plain_none"]["s_per_step"])
+    assert f"| {ratio:.2f} |" in readme and "| 1.00 |" in readme
     for name in ("mf1_vs_fraction", "val_curves", "transformed_test", "time_to_target", "contrasts"):
         png = results_only.out / "vis" / "tiny_study" / f"{name}.png"
         assert png.stat().st_size > 1000

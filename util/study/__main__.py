@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "plan":
             s.add_argument("--steps", type=int, default=3, help="timed training steps per model (default 3)")
             s.add_argument("--no-timing", action="store_true", help="skip the timing (no time estimate)")
+            s.add_argument("--save-timing", action="store_true",
+                           help="write the per-arm s/step to results/<study>/timing.csv (run it on an idle "
+                                "machine: the report compares arms by it)")
         if name == "run":
             s.add_argument("--max-minutes", type=float, default=None,
                            help="start no new point after this many minutes (running ones finish)")
@@ -75,6 +78,10 @@ def _plan(study, args, shard) -> int:
     per_run = max(1, (args.threads or default_threads()) // max(1, args.jobs))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(plan_text(study, rows, plan_totals(rows, args.jobs, per_run, device)))
+    if args.save_timing and not args.no_timing:
+        from util.study.store import write_timing
+
+        print(f"wrote {write_timing(study, rows)}")
     return 0
 
 

@@ -59,7 +59,8 @@ def plan_rows(study: Study, jobs: int = 1, threads: int | None = None, steps: in
                         "width": cfg.model.kwargs.get("width"), "params": int(c["parameters"]),
                         "MACs/px": round(c["macs_per_px"]), "s/step": c.get("s_per_step"),
                         "est_min": est, "status": status,
-                        "comparison": p.arm.comparison})
+                        "comparison": p.arm.comparison, "threads": per_run, "device": device.type,
+                        "steps_timed": steps if timing else None})
     finally:
         torch.set_num_threads(previous)
     return out

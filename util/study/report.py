@@ -239,8 +239,37 @@ def readme_text(study: Study, df: pd.DataFrame, summary: pd.DataFrame, contrasts
         "reached": lambda r: r["reached"]}),
         "Wall-clock numbers include validation during training and depend on the machine and on how many runs "
         "shared it; compare arms within one study.\n"]
+    parts += timing_section(study, summary)
     parts += ["## Figures\n"] + [f"- {what}: [{name}]({path})" for name, (path, what) in figures.items()] + [""]
     return "\n".join(parts)
+
+
+def timing_section(study: Study, summary: pd.DataFrame) -> list[str]:
+    """Per-arm training cost timed on an idle machine (``timing.csv``) with its ratio to the first arm, and
+    the compute time to target: median steps to target × that s/step (free of what shared the machine)."""
+    path = store.timing_csv(study)
+    if not path.is_file():
+        return []
+    timing = pd.read_csv(path)
+    if timing.empty:
+        return []
+    by_arm = dict(zip(timing["arm"], timing["s_per_step"]))
+    ref_arm = next((a.label for a in study.arms if a.label in by_arm), None)
+    ref = by_arm.get(ref_arm)
+    rows = summary.copy()
+    rows["quiet_s_per_step"] = rows["arm"].map(by_arm)
+    dev = ", ".join(sorted({f"{d}, {int(t)} thread(s)" if d == "cpu" else str(d)
+                            for d, t in zip(timing["device"], timing["threads"].fillna(0))}))
+    return [f"### Compute per step on an idle machine (`plan --save-timing`: {dev}; "
+            f"{timing['measured_at'].iloc[0]})\n",
+            markdown_table(rows, {
+                "arm": lambda r: r["arm"], "fraction": lambda r: f"{r['fraction']:g}",
+                "s/step": lambda r: fmt(r["quiet_s_per_step"], 3),
+                f"× {ref_arm}": lambda r: fmt(r["quiet_s_per_step"] / ref, 2) if ref else "–",
+                "compute time to target (s, median steps × s/step)":
+                    lambda r: fmt(r["steps_to_target_median"] * r["quiet_s_per_step"], 0)}),
+            "The training step alone (forward, loss, backward, optimizer) at the study's batch and crop, median of "
+            "a few timed steps; validation is not included.\n"]
 
 
 def contrast_sections(contrasts: pd.DataFrame) -> list[str]:

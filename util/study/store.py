@@ -45,6 +45,40 @@ def points_dir(study: Study) -> Path:
     return study.study_results / "points"
 
 
+def timing_csv(study: Study) -> Path:
+    """``plan --save-timing``'s per-arm cost measured on an otherwise idle machine (see :func:`write_timing`)."""
+    return study.study_results / "timing.csv"
+
+
+TIMING_FIELDS = ["arm", "model", "width", "parameters", "macs_per_px", "s_per_step", "threads", "device",
+                 "steps_timed", "measured_at"]
+
+
+def write_timing(study: Study, rows: list[dict[str, Any]]) -> Path:
+    """One row per arm (the first point of each): the training s/step timed by ``plan``. The runs' own wall
+    times depend on what else shared the machine; this file is the clean compute comparison."""
+    import csv
+    import io
+    import time
+
+    seen, out = set(), []
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    for r in rows:
+        if r["arm"] in seen or r.get("s/step") is None:
+            continue
+        seen.add(r["arm"])
+        out.append({"arm": r["arm"], "model": r["model"], "width": r["width"], "parameters": r["params"],
+                    "macs_per_px": r["MACs/px"], "s_per_step": r["s/step"], "threads": r.get("threads"),
+                    "device": r.get("device"), "steps_timed": r.get("steps_timed"), "measured_at": stamp})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=TIMING_FIELDS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(out)
+    path = timing_csv(study)
+    atomic_write(path, buf.getvalue())
+    return path
+
+
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive ``flock`` on ``path`` (created if missing) for the duration of the block."""
