@@ -216,6 +216,25 @@ class _CoerceError(Exception):
     pass
 
 
+def _coerce_number(value: Any, tp: type) -> int | float:
+    """``value`` as an int or a float: a number, or a string that parses as one (no bools; an int accepts
+    only whole floats such as ``2.0``)."""
+    if isinstance(value, bool):
+        raise _CoerceError
+    if isinstance(value, str):
+        try:
+            return tp(value.strip())
+        except ValueError:
+            raise _CoerceError from None
+    if tp is int and isinstance(value, int):
+        return value
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if tp is float and isinstance(value, (int, float)):
+        return float(value)
+    raise _CoerceError
+
+
 def _coerce(value: Any, tp) -> Any:
     """``value`` converted to type ``tp`` or ``_CoerceError``. Strings are parsed when the type asks for it."""
     origin = typing.get_origin(tp)
@@ -244,30 +263,8 @@ def _coerce(value: Any, tp) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "yes", "on", "false", "no", "off"):
             return value.lower() in ("true", "yes", "on")
         raise _CoerceError
-    if tp is int:
-        if isinstance(value, bool):
-            raise _CoerceError
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                raise _CoerceError from None
-        raise _CoerceError
-    if tp is float:
-        if isinstance(value, bool):
-            raise _CoerceError
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise _CoerceError from None
-        raise _CoerceError
+    if tp in (int, float):
+        return _coerce_number(value, tp)
     if tp is str:
         if isinstance(value, str):
             return value
