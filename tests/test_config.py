@@ -1,17 +1,35 @@
 """ExperimentConfig ⇄ YAML ⇄ key=value overrides ⇄ papermill parameters, validation messages, grids."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any, Sequence
 
 import pytest
 import yaml
 
-from util.config import (ConfigError, ExperimentConfig, apply_overrides, config_from_parameters, expand_grid,
-                         flatten_dict, grid_point, load_config, papermill_parameters)
+from util.config import (ConfigError, ExperimentConfig, apply_overrides, expand_grid, flatten_dict, grid_point,
+                         load_config)
 from util.dataloader import DataConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+
+
+def papermill_parameters(config_path: str | Path | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The flat dict of plain values passed to a notebook with ``papermill -p`` / ``parameters=``.
+
+    Validates eagerly so a bad override fails before a job is queued.
+    """
+    load_config(config_path, overrides)
+    return {"config_path": str(config_path) if config_path else "", "overrides": [str(o) for o in overrides]}
+
+
+def config_from_parameters(config_path: str | None = None, overrides: Sequence[str] | str = ()) \
+        -> ExperimentConfig:
+    """Inverse of :func:`papermill_parameters` (what a notebook's first cell would call)."""
+    return load_config(config_path or None, overrides)
 
 
 def test_defaults_and_shipped_configs_load():
@@ -53,19 +71,17 @@ def test_unknown_key_suggests_nearest():
         load_config(None, ["learning_rate"])
 
 
-def test_wrong_type_names_key_value_and_type():
-    with pytest.raises(ConfigError, match=r"learning_rate='abc'.*expected float"):
-        load_config(None, ["learning_rate=abc"])
-    with pytest.raises(ConfigError, match=r"data\.batch_size='two'.*expected int"):
-        load_config(None, ["data.batch_size=two"])
-    with pytest.raises(ConfigError, match=r"epochs='1\.5'.*expected int"):
-        load_config(None, ["epochs=1.5"])
-    with pytest.raises(ConfigError, match=r"tta='3'.*expected bool"):
-        load_config(None, ["tta=3"])
-    with pytest.raises(ConfigError, match=r"optimizer='adamx'.*adam, adamw, sgd"):
-        load_config(None, ["optimizer=adamx"])
-    with pytest.raises(ConfigError, match=r"learning_rate=-1\.0.*> 0"):
-        load_config(None, ["learning_rate=-1"])
+@pytest.mark.parametrize("override, message", [
+    ("learning_rate=abc", r"learning_rate='abc'.*expected float"),
+    ("data.batch_size=two", r"data\.batch_size='two'.*expected int"),
+    ("epochs=1.5", r"epochs='1\.5'.*expected int"),
+    ("tta=3", r"tta='3'.*expected bool"),
+    ("optimizer=adamx", r"optimizer='adamx'.*adam, adamw, sgd"),
+    ("learning_rate=-1", r"learning_rate=-1\.0.*> 0"),
+])
+def test_wrong_type_names_key_value_and_type(override: str, message: str):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
 
 
 def test_yaml_errors_name_the_file_and_key(tmp_path):
@@ -143,3 +159,39 @@ def test_flatten_dict_joins_keys_and_writes_lists_as_json():
     assert flatten_dict(nested) == {"model.name": "unet", "model.kwargs.width": 8,
                                     "eval_transforms": '["rot90", "flip"]', "seed": 0}
     assert flatten_dict({"a": {}}, prefix="cfg.") == {}
+
+
+@pytest.mark.parametrize("config", ["configs/default.yaml", "configs/tiny.yaml", "configs/grid_example.yaml"])
+def test_loading_a_config_imports_neither_torch_nor_cv2_nor_albumentations(config: str):
+    code = ("import sys; from util.config import load_config; load_config(%r); "
+            "heavy = {'torch', 'cv2', 'albumentations'} & set(sys.modules); assert not heavy, heavy" % config)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_model_facts_read_from_source_match_the_model_package():
+    """Without torch, model names and default depths come from model/'s source; they agree with the package."""
+    code = ("import json; from util.model_registry import default_depth, model_names; "
+            "print(json.dumps({n: default_depth(n) for n in model_names()}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from_source = yaml.safe_load(proc.stdout)
+    from model import list_models, model_keywords
+
+    assert sorted(from_source) == list_models()
+    for name in list_models():
+        p = (model_keywords(name) or {}).get("depth")
+        assert from_source[name] == (p.default if p is not None and isinstance(p.default, int) else None), name
+
+
+def test_a_bad_model_name_or_crop_size_is_caught_without_torch():
+    code = ("import sys; from util.config import ConfigError, load_config\n"
+            "for o in (['model.name=unett'], ['model.kwargs={}', 'data.crop_size=100']):\n"
+            "    try: load_config(None, o)\n"
+            "    except ConfigError as e: print(e)\n"
+            "assert 'torch' not in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "did you mean 'unet'" in proc.stdout
+    assert "data.crop_size=100: expected a multiple of 16 (2**depth, depth=4 from the default depth of 'unet')" \
+        in proc.stdout

@@ -1,18 +1,18 @@
-"""One typed experiment configuration: ``ExperimentConfig`` ⇄ YAML ⇄ ``key=value`` overrides ⇄ papermill.
+"""One typed experiment configuration: ``ExperimentConfig`` ⇄ YAML ⇄ ``key=value`` overrides, and grids.
 
 >>> cfg = load_config("configs/default.yaml", ["learning_rate=3e-4", "data.crop_size=128",
 ...                                            "model.kwargs.width=8"])  # doctest: +SKIP
 >>> cfg.save("run/config.yaml")                                            # doctest: +SKIP
 
 * YAML files hold nested mappings mirroring the dataclasses; a file may start from another with
-  ``base: other.yaml`` (path relative to the file; mappings are merged key by key).
+  ``base: other.yaml`` (path relative to the file; mappings are merged key by key; :mod:`util.config_files`).
 * Overrides are ``dotted.key=value`` strings. The value is parsed as YAML (``[1, 2]``, ``null``, ``true``) and
-  coerced to the field's declared type (``1e-3`` is a float for a float field; ``"3"`` is refused for a bool).
-  ``model.kwargs.<anything>=value`` sets a model keyword argument (free-form, YAML-typed).
+  coerced to the field's declared type (``1e-3`` is a float for a float field; ``"3"`` is refused for a bool;
+  :mod:`util.config_values`). ``model.kwargs.<anything>=value`` sets a model keyword argument (free-form,
+  YAML-typed).
 * Unknown keys raise ``ConfigError`` suggesting the nearest valid key (``lerning_rate`` → ``learning_rate``);
-  wrong types raise ``ConfigError`` naming the key, the value and the expected type.
-* Papermill: :func:`papermill_parameters` gives the flat dict of plain values a notebook receives
-  (``config_path`` and a list of ``overrides``); :func:`config_from_parameters` turns it back into a config.
+  wrong types raise ``ConfigError`` naming the key, the value and the expected type; ranges, choices and sizes
+  are checked by :func:`util.config_checks.validate`. Loading a config imports neither torch nor cv2.
 * Grids: a ``grid:`` mapping of ``key: [values...]`` (a value may be a mapping, e.g. a whole ``model``)
   expands with :func:`expand_grid` into the Cartesian product (last key varies fastest);
   :func:`grid_point` picks the N-th point (what a Slurm array task runs).
@@ -26,9 +26,7 @@ import difflib
 import hashlib
 import itertools
 import json
-import math
 import shlex
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +34,11 @@ from typing import Any, Iterable, Sequence, Union
 
 import yaml
 
-
-
-class ConfigError(ValueError):
-    """A bad configuration key or value; the message names it."""
+from util.config_checks import CHOICES, EVAL_TRANSFORMS, RANGES, validate  # noqa: F401  (re-exported)
+from util.config_files import _deep_merge, _read_yaml  # noqa: F401
+from util.config_values import (ConfigError, _coerce, _CoerceError, _hints, _parse_scalar,  # noqa: F401
+                                _plain, _type_name)
+from util.flatten import flatten_dict  # noqa: F401  (re-exported; used by util.tracking)
 
 
 @dataclass
@@ -180,148 +179,6 @@ class ExperimentConfig:
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
-#: allowed values of string fields with a fixed vocabulary
-CHOICES: dict[str, tuple[str, ...]] = {
-    "optimizer": ("adam", "adamw", "sgd"),
-    "schedule": ("none", "cosine", "onecycle", "step"),
-    "loss": ("dice_ce", "ce", "dice"),
-    "precision": ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "64-true"),
-    "accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
-    "resume": ("auto", "never"),  # or a checkpoint path (checked in validate)
-    "tracking": ("auto", "csv", "online", "offline"),
-    "inference.blend": ("valid", "gaussian", "constant"),
-    "data.preset": ("none", "flips_rot90", "rotate_any", "full"),
-}
-EVAL_TRANSFORMS = ("rot90", "rot180", "rot270", "flip", "rot45")
-
-
-# ------------------------------------------------------------------------------------------ typing helpers
-def _hints(obj) -> dict[str, Any]:
-    return typing.get_type_hints(type(obj) if not isinstance(obj, type) else obj)
-
-
-def _type_name(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "None"
-    if origin is not None:
-        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
-        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
-    return getattr(tp, "__name__", str(tp))
-
-
-class _CoerceError(Exception):
-    pass
-
-
-def _coerce_number(value: Any, tp: type) -> int | float:
-    """``value`` as an int or a float: a number, or a string that parses as one (no bools; an int accepts
-    only whole floats such as ``2.0``)."""
-    if isinstance(value, bool):
-        raise _CoerceError
-    if isinstance(value, str):
-        try:
-            return tp(value.strip())
-        except ValueError:
-            raise _CoerceError from None
-    if tp is int and isinstance(value, int):
-        return value
-    if tp is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if tp is float and isinstance(value, (int, float)):
-        return float(value)
-    raise _CoerceError
-
-
-def _coerce(value: Any, tp) -> Any:
-    """``value`` converted to type ``tp`` or ``_CoerceError``. Strings are parsed when the type asks for it."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
-            if type(None) in args:
-                return None
-        for a in args:  # first match wins, in declaration order
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a)
-            except _CoerceError:
-                continue
-        raise _CoerceError
-    if tp is type(None):
-        if value is None:
-            return None
-        raise _CoerceError
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "false", "no", "off"):
-            return value.lower() in ("true", "yes", "on")
-        raise _CoerceError
-    if tp in (int, float):
-        return _coerce_number(value, tp)
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)  # e.g. a run name "1"
-        raise _CoerceError
-    if origin is list:
-        (item_tp,) = typing.get_args(tp) or (Any,)
-        if isinstance(value, str):
-            value = _parse_scalar(value)
-            if isinstance(value, str):
-                value = [v for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise _CoerceError
-        return [_coerce(v, item_tp) for v in value]
-    if origin is dict:
-        if isinstance(value, str):
-            value = _parse_scalar(value)
-        if not isinstance(value, dict):
-            raise _CoerceError
-        return dict(value)
-    raise _CoerceError
-
-
-def _parse_scalar(text: str) -> Any:
-    """YAML-parse an override value; plain text stays text."""
-    try:
-        return yaml.safe_load(text) if text.strip() != "" else ""
-    except yaml.YAMLError:
-        return text
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def flatten_dict(d: typing.Mapping, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}, "c": [1, 2]}`` -> ``{"a.b": 1, "c": "[1, 2]"}``: nested keys joined with dots, lists and
-    tuples as JSON text (for flat tables and tracker parameters)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, typing.Mapping):
-            out.update(flatten_dict(v, key + "."))
-        elif isinstance(v, (list, tuple)):
-            out[key] = json.dumps(list(v), default=str)
-        else:
-            out[key] = v
-    return out
-
-
 def valid_keys(obj: Any = None, prefix: str = "") -> list[str]:
     """All dotted keys of a config (dataclass fields, recursively)."""
     obj = obj if obj is not None else ExperimentConfig()
@@ -417,164 +274,6 @@ def apply_overrides(cfg: ExperimentConfig, overrides: Iterable[str] | str, sourc
     return cfg
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _positive(v: Any) -> bool:
-    return _finite(v) and v > 0
-
-
-def _fraction(v: Any) -> bool:
-    return _finite(v) and 0 <= v <= 1
-
-
-#: Range checks of single values: dotted key → (test, what is expected). ``None`` passes where the type allows it.
-RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
-    "learning_rate": (lambda v: _positive(v) and v <= 1, "a finite number > 0 and <= 1"),
-    "epochs": (_positive, "an integer > 0"),
-    "max_steps": (lambda v: v is None or v > 0, "an integer > 0 or null"),
-    "weight_decay": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
-    "momentum": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
-    "grad_clip": (lambda v: v is None or _positive(v), "null or a finite number > 0"),
-    "lambda_dice": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
-    "lambda_ce": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
-    "class_weights": (lambda v: v is None or (len(v) == 3 and all(_finite(w) and w >= 0 for w in v)),
-                      "null or 3 finite weights >= 0 (none, BC, TC)"),
-    "seed": (lambda v: v >= 0, "an integer >= 0"),
-    "num_nodes": (lambda v: v >= 1, "an integer >= 1"),
-    "val_every_n_epochs": (_positive, "an integer > 0"),
-    "log_every_n_steps": (_positive, "an integer > 0"),
-    "checkpoint_every_n_steps": (lambda v: v is None or v > 0, "null or an integer > 0"),
-    "target_mf1": (lambda v: v is None or _fraction(v), "null or a number in [0, 1]"),
-    "data.root": (lambda v: bool(str(v).strip()), "a folder path"),
-    "data.crop_size": (lambda v: v is None or v > 0, "null or an integer > 0"),
-    "data.batch_size": (_positive, "an integer > 0"),
-    "data.num_workers": (lambda v: v >= 0, "an integer >= 0"),
-    "data.subset_fraction": (lambda v: _finite(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "data.mask_radius_um": (_positive, "a finite number > 0 (µm)"),
-    "inference.tile_size": (lambda v: v is None or v > 0, "null or an integer > 0"),
-    "inference.overlap": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "inference.sw_batch_size": (_positive, "an integer > 0"),
-    "detection.cutoff_um": (_positive, "a finite number > 0 (µm)"),
-    "detection.min_distance_um": (_positive, "a finite number > 0 (µm)"),
-    "detection.sigma_um": (lambda v: _finite(v) and v >= 0, "a finite number >= 0 (µm)"),
-    "detection.threshold": (lambda v: v == "auto" or _fraction(v), "a number in [0, 1] or 'auto'"),
-    "detection.threshold_tolerance": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "detection.threshold_grid": (lambda v: bool(v) and all(_fraction(t) for t in v),
-                                 "a non-empty list of values in [0, 1]"),
-    "detection.min_distance_grid_um": (lambda v: v is None or (bool(v) and all(_positive(d) for d in v)),
-                                       "null or a non-empty list of distances > 0 (µm)"),
-}
-
-
-def _value(cfg: ExperimentConfig, key: str) -> Any:
-    obj: Any = cfg
-    for part in key.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _model_multiple(cfg: ExperimentConfig) -> tuple[int, str] | None:
-    """``(2**depth, where depth comes from)`` of the configured model; None when the model has no depth.
-
-    The depth is ``model.kwargs.depth``, else the default of the model's constructor (which imports the model's
-    module, only then).
-    """
-    from model import model_keywords
-
-    depth = cfg.model.kwargs.get("depth")
-    where = "model.kwargs.depth"
-    if depth is None:
-        params = model_keywords(cfg.model.name) or {}
-        p = params.get("depth")
-        if p is None or not isinstance(p.default, int):
-            return None
-        depth, where = p.default, f"the default depth of {cfg.model.name!r}"
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ConfigError(f"model.kwargs.depth={depth!r}: expected an integer >= 1")
-    return 2 ** depth, f"2**depth, depth={depth} from {where}"
-
-
-def validate(cfg: ExperimentConfig) -> None:
-    """Check value ranges and choices; raise ``ConfigError`` naming the key, the value and what is expected."""
-    from model import list_models
-
-    def bad(key: str, val: Any, why: str) -> ConfigError:
-        return ConfigError(f"{key}={val!r}: {why}")
-
-    for key, choices in CHOICES.items():
-        val = _value(cfg, key)
-        if key == "resume" and val not in choices:
-            continue  # a checkpoint path, checked when used
-        if val not in choices:
-            close = difflib.get_close_matches(str(val), choices, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise bad(key, val, f"expected one of {', '.join(choices)}{hint}")
-    for key, (ok, expected) in RANGES.items():
-        val = _value(cfg, key)
-        if not ok(val):
-            raise bad(key, val, f"expected {expected}")
-    for t in cfg.eval_transforms:
-        if t not in EVAL_TRANSFORMS:
-            raise bad("eval_transforms", t, f"expected items from {', '.join(EVAL_TRANSFORMS)}")
-    if isinstance(cfg.devices, str) and cfg.devices != "auto":
-        raise bad("devices", cfg.devices, "expected an integer or 'auto'")
-    if isinstance(cfg.devices, int) and cfg.devices < 1:
-        raise bad("devices", cfg.devices, "must be >= 1")
-    if not isinstance(cfg.model.kwargs, dict):
-        raise bad("model.kwargs", cfg.model.kwargs, "expected a mapping of model keyword arguments")
-    if "num_classes" in cfg.model.kwargs and cfg.model.kwargs["num_classes"] != 3:
-        raise bad("model.kwargs.num_classes", cfg.model.kwargs["num_classes"], "OCELOT has 3 classes (0, BC, TC)")
-    for k in cfg.model.kwargs:
-        if "key" in k.lower() and "api" in k.lower():
-            raise ConfigError(f"model.kwargs.{k}: secrets do not belong in a config")
-    if cfg.model.name not in list_models():
-        close = difflib.get_close_matches(cfg.model.name, list_models(), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise bad("model.name", cfg.model.name, f"unknown model; {hint}expected one of {', '.join(list_models())}")
-    mult = _model_multiple(cfg)
-    if mult is not None:
-        m, why = mult
-        if cfg.data.crop_size is not None and cfg.data.crop_size % m:
-            lo = max(m, cfg.data.crop_size // m * m)
-            raise bad("data.crop_size", cfg.data.crop_size,
-                      f"expected a multiple of {m} ({why}), e.g. {lo} or {lo + m}, or null")
-        if cfg.inference.tile_size is not None and cfg.inference.tile_size < m:
-            raise bad("inference.tile_size", cfg.inference.tile_size,
-                      f"expected null or at least {m} ({why})")
-
-
-# ---------------------------------------------------------------------------------------------- loading
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    if path.resolve() in seen:
-        raise ConfigError(f"{path}: 'base:' chain loops back to itself")
-    try:
-        d = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(d).__name__}")
-    base = d.pop("base", None)
-    if base:
-        base_d = _read_yaml((path.parent / base), seen + (path.resolve(),))
-        d = _deep_merge(base_d, d)
-    return d
-
-
-def _deep_merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "grid":
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
 def load_config(path: str | Path | None = None, overrides: Iterable[str] | str = ()) -> ExperimentConfig:
     """Defaults ← YAML file (if any) ← ``key=value`` overrides; validated."""
     d = _read_yaml(Path(path)) if path else {}
@@ -582,23 +281,9 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] | str =
     return apply_overrides(cfg, overrides)
 
 
-# --------------------------------------------------------------------------------------------- papermill
-def papermill_parameters(config_path: str | Path | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """The flat dict of plain values passed to a notebook with ``papermill -p`` / ``parameters=``.
-
-    Validates eagerly so a bad override fails before a job is queued.
-    """
-    load_config(config_path, overrides)
-    return {"config_path": str(config_path) if config_path else "", "overrides": [str(o) for o in overrides]}
-
-
-def config_from_parameters(config_path: str | None = None, overrides: Sequence[str] | str = ()) \
-        -> ExperimentConfig:
-    """Inverse of :func:`papermill_parameters` (called in the notebook's first cell)."""
-    return load_config(config_path or None, overrides)
-
-
 # ------------------------------------------------------------------------------------------------- grids
+
+
 def _grid_label(value: Any) -> str:
     if isinstance(value, dict):
         parts = [str(value.get("name", ""))] + [f"{k}{v}" for k, v in sorted(value.get("kwargs", {}).items())
@@ -660,6 +345,6 @@ def grid_point(config: ExperimentConfig, index: int) -> ExperimentConfig:
     return points[index]
 
 
-__all__ = ["flatten_dict", "ExperimentConfig", "ModelConfig", "DetectionConfig", "InferenceConfig", "DataConfig", "ConfigError",
-           "load_config", "apply_overrides", "validate", "valid_keys", "papermill_parameters",
-           "config_from_parameters", "expand_grid", "grid_point", "CHOICES"]
+__all__ = ["flatten_dict", "ExperimentConfig", "ModelConfig", "DetectionConfig", "InferenceConfig", "DataConfig",
+           "ConfigError", "load_config", "apply_overrides", "validate", "valid_keys", "expand_grid", "grid_point",
+           "CHOICES"]
