@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from util.metrics import (SegmentationAccumulator, cell_detection_scores, cutoff_px, detect_cells,
-                          segmentation_scores)
+from util.metrics import SegmentationAccumulator, cell_detection_scores, cutoff_px, detect_cells
+
+
+def segmentation_scores(pred: torch.Tensor, target: torch.Tensor, num_classes: int = 3) -> dict[str, dict[str, float]]:
+    """Dice and IoU per class of one batch ``(B, H, W)`` of label maps (see :class:`SegmentationAccumulator`)."""
+    acc = SegmentationAccumulator(num_classes)
+    acc.update(pred, target)
+    return acc.compute()
 
 
 def P(*rows):

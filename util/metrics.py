@@ -27,8 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from util.flatten import flatten_dict
+from util.ocelot.classes import CELL_CLASSES
+
 #: OCELOT class index -> name (index 0 is "no cell" in masks and is not scored).
-CLASS_NAMES: dict[int, str] = {1: "BC", 2: "TC"}
+CLASS_NAMES = CELL_CLASSES
 #: The challenge's final matching cut-off in pixels, defined at the cell patches' resolution.
 OFFICIAL_CUTOFF_PX: float = 15.0
 #: The resolution (µm/px) the 15 px cut-off refers to; 15 px × 0.2 µm/px = 3 µm.
@@ -171,14 +174,7 @@ def cell_detection_scores(predictions: Sequence, ground_truth: Sequence,
 
 def flatten_scores(scores: dict, prefix: str = "") -> dict[str, float]:
     """``{"BC": {"f1": ..}, "mF1": ..}`` -> ``{"prefixBC/f1": .., "prefixmF1": ..}`` (for loggers/tables)."""
-    flat: dict[str, float] = {}
-    for k, v in scores.items():
-        if isinstance(v, dict):
-            for k2, v2 in v.items():
-                flat[f"{prefix}{k}/{k2}"] = v2
-        else:
-            flat[f"{prefix}{k}"] = v
-    return flat
+    return flatten_dict(scores, prefix, sep="/")
 
 
 # --------------------------------------------------------------------------------------------- detection
@@ -379,12 +375,5 @@ class SegmentationAccumulator:
         return out
 
 
-def segmentation_scores(pred: Tensor, target: Tensor, num_classes: int = 3) -> dict[str, dict[str, float]]:
-    """Dice and IoU per class of one batch ``(B, H, W)`` of label maps (see :class:`SegmentationAccumulator`)."""
-    acc = SegmentationAccumulator(num_classes)
-    acc.update(pred, target)
-    return acc.compute()
-
-
 __all__ = ["CLASS_NAMES", "OFFICIAL_CUTOFF_PX", "OFFICIAL_CUTOFF_UM", "cutoff_px", "cell_detection_scores",
-           "flatten_scores", "detect_cells", "segmentation_scores", "SegmentationAccumulator"]
+           "flatten_scores", "detect_cells", "SegmentationAccumulator"]

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-from util.config import flatten_dict
+from util.flatten import flatten_dict
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,12 @@ CLI::
     python -m util.ocelot validate ROOT [--no-decode]   # every problem at once, exit code 1 when there are any
     python -m util.ocelot download DEST [--url URL] [--sha256 HEX] [--size BYTES]
 
-The package, one job a module (every name is re-exported here): ``layout`` (paths, ids, classes), ``files``
+The package, one job a module (every name is re-exported here): ``classes`` (the cell classes: names,
+colours), ``layout`` (paths, ids), ``files``
 (CSV, images, tissue masks, the points JSON), ``metadata`` (checked values, µm/px), ``masks`` (points → disks),
 ``validate`` (a whole folder; the check before training), ``download``, ``cli``.
 """
+from util.ocelot.classes import CELL_CLASS_RGB, CELL_CLASS_TITLES, hex_color  # noqa: F401
 from util.ocelot.layout import (SPLITS, CELL_CLASSES, TISSUE_LABELS, IMAGE_SUFFIXES, OcelotFormatError, _image_dir,
                                 _check_split, list_ids, find_image, cell_csv_path, tissue_png_path)  # noqa: F401
 from util.ocelot.files import (Problem, _parse_cells, read_cells_csv, write_cells_csv, read_image, read_tissue_mask,

@@ -1,14 +1,11 @@
-"""Where things are in an OCELOT-layout folder: splits, ids, image and annotation paths, cell classes."""
+"""Where things are in an OCELOT-layout folder: splits, ids, image and annotation paths."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from util.ocelot.classes import CELL_CLASSES  # noqa: F401  (re-exported: the one definition is in classes)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-
-
-
-CELL_CLASSES: dict[int, str] = {1: "BC", 2: "TC"}
 
 
 
