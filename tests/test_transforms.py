@@ -1,14 +1,63 @@
 """util.transforms: points and masks stay aligned with the image under every preset; D4 coverage."""
 from __future__ import annotations
 
+from typing import Any
+
+import albumentations as A
+import cv2
 import numpy as np
 import pytest
 
 from util.ocelot import points_to_mask
-from util.transforms import D4_ELEMENTS, PRESETS, Augmenter, FastElastic, StainJitter, invert_displacement
+from util.transforms import FILL, PRESETS, Augmenter, StainJitter, _smooth_field, invert_displacement
 
 CROP = 96
 MPP, RADIUS_UM = 0.5, 3.0  # 6 px disks
+#: The 8 elements of D4 as functions on H×W(×C) arrays (identity, rot90 ×3, flips).
+D4_ELEMENTS: dict[str, Any] = {
+    "e": lambda a: a,
+    "r90": lambda a: np.rot90(a, 1),
+    "r180": lambda a: np.rot90(a, 2),
+    "r270": lambda a: np.rot90(a, 3),
+    "fx": lambda a: a[:, ::-1],
+    "fy": lambda a: a[::-1],
+    "t": lambda a: np.swapaxes(a, 0, 1),
+    "at": lambda a: np.rot90(a, 2).swapaxes(0, 1),
+}
+
+
+class FastElastic(A.ElasticTransform):
+    """Smooth elastic deformation whose keypoints move with the same field as the image (fast and exact).
+
+    ``alpha``: displacement standard deviation in pixels; ``sigma``: correlation length in pixels (the field of
+    :func:`util.transforms._smooth_field`, the one ``FusedWarp`` uses). Output pixel p shows input pixel
+    ``p + d(p)``; an input point q goes to the p with ``p + d(p) = q``.
+    """
+
+    def __init__(self, alpha: float = 3.0, sigma: float = 64.0, p: float = 1.0, fill: Any = FILL,
+                 border_mode: int = cv2.BORDER_CONSTANT) -> None:
+        super().__init__(alpha=1.0, sigma=50.0, p=p, border_mode=border_mode, fill=fill, fill_mask=0,
+                         keypoint_remapping_method="direct")
+        self.fast_alpha = float(alpha)
+        self.fast_sigma = float(sigma)
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        h, w = params["shape"][:2]
+        dx, dy = _smooth_field(self.random_generator, h, w, self.fast_alpha, self.fast_sigma)
+        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        return {"map_x": gx + dx, "map_y": gy + dy, "dx": np.ascontiguousarray(dx), "dy": np.ascontiguousarray(dy)}
+
+    def apply_to_keypoints(self, keypoints: np.ndarray, map_x: np.ndarray, map_y: np.ndarray,
+                           **params: Any) -> np.ndarray:
+        if len(keypoints) == 0:
+            return keypoints
+        px, py = invert_displacement(keypoints[:, 0], keypoints[:, 1], params["dx"], params["dy"])
+        out = keypoints.copy()
+        out[:, 0], out[:, 1] = px, py
+        return out
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("fast_alpha", "fast_sigma")
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -18,7 +18,7 @@ field through per-keypoint masks, which costs ≈ 200 ms for 200 points on a 512
 :class:`FusedWarp`: flip + rotation + elastic field + centre crop composed into **one** ``cv2.remap`` evaluated on
 the output grid only; points go through the same flip and rotation and then solve ``u + o + d(u) = v`` by a few
 fixed-point iterations that sample **the same field** bilinearly (the field is smooth, |∇d| ≲ 0.3, so this
-converges to < 0.001 px). :class:`FastElastic` is the same idea as a drop-in ``ElasticTransform`` subclass.
+converges to < 0.001 px).
 Colour: :class:`StainJitter` (optical-density scale/shift per channel via one lookup table, < 1 ms; the
 albumentations ``HEStain`` costs ≈ 50 ms at 512²), hue/saturation, brightness/contrast, blur.
 
@@ -63,47 +63,6 @@ def invert_displacement(qx: np.ndarray, qy: np.ndarray, dx: np.ndarray, dy: np.n
     return px, py
 
 
-class FastElastic(A.ElasticTransform):
-    """Smooth elastic deformation whose keypoints move with the same field as the image (fast and exact).
-
-    ``alpha``: displacement standard deviation in pixels; ``sigma``: correlation length in pixels (the field
-    is white noise on a grid of spacing ~``sigma`` upsampled bicubically). Output pixel p shows input pixel
-    ``p + d(p)``; an input point q goes to the p with ``p + d(p) = q``.
-    """
-
-    def __init__(self, alpha: float = 3.0, sigma: float = 64.0, p: float = 1.0, fill: Any = FILL,
-                 border_mode: int = cv2.BORDER_CONSTANT) -> None:
-        super().__init__(alpha=1.0, sigma=50.0, p=p, border_mode=border_mode, fill=fill, fill_mask=0,
-                         keypoint_remapping_method="direct")
-        self.fast_alpha = float(alpha)
-        self.fast_sigma = float(sigma)
-
-    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-        h, w = params["shape"][:2]
-        step = max(self.fast_sigma, 2.0)
-        gh, gw = int(math.ceil(h / step)) + 3, int(math.ceil(w / step)) + 3
-        noise = self.random_generator.standard_normal((2, gh, gw)).astype(np.float32)
-        # cubic upsampling of the coarse grid: a smooth field with unit-ish std, scaled to alpha px
-        big = [cv2.resize(n, (int(gw * step), int(gh * step)), interpolation=cv2.INTER_CUBIC) for n in noise]
-        oy, ox = int(step), int(step)
-        dx = big[0][oy:oy + h, ox:ox + w] * self.fast_alpha
-        dy = big[1][oy:oy + h, ox:ox + w] * self.fast_alpha
-        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-        return {"map_x": gx + dx, "map_y": gy + dy, "dx": np.ascontiguousarray(dx), "dy": np.ascontiguousarray(dy)}
-
-    def apply_to_keypoints(self, keypoints: np.ndarray, map_x: np.ndarray, map_y: np.ndarray,
-                           **params: Any) -> np.ndarray:
-        if len(keypoints) == 0:
-            return keypoints
-        px, py = invert_displacement(keypoints[:, 0], keypoints[:, 1], params["dx"], params["dy"])
-        out = keypoints.copy()
-        out[:, 0], out[:, 1] = px, py
-        return out
-
-    def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("fast_alpha", "fast_sigma")
-
-
 def _smooth_field(rng: np.random.Generator, h: int, w: int, alpha: float, sigma: float) -> np.ndarray:
     """Two smooth displacement components (2×h×w, float32, std ≈ ``alpha`` px, correlation length ≈ ``sigma``)."""
     step = max(float(sigma), 2.0)
@@ -119,7 +78,7 @@ class FusedWarp(A.DualTransform):
 
     The output pixel u (in the ``crop_size`` frame) shows the input at ``F(R⁻¹(u + o + d(u) − c) + c)``: F an
     optional horizontal flip, R a rotation about the window centre c, o the centre-crop offset and d a smooth
-    elastic field (see :class:`FastElastic`). Only the output grid is computed (cheap for large context margins)
+    elastic field (:func:`_smooth_field`). Only the output grid is computed (cheap for large context margins)
     and keypoints are moved by the same maths: q → v = R(F(q) − c) + c, then ``u + o + d(u) = v`` solved by
     fixed-point iteration on the same field.
     """
@@ -285,16 +244,3 @@ class Augmenter:
 
     def __repr__(self) -> str:
         return f"Augmenter(preset={self.preset!r}, crop_size={self.crop_size})"
-
-
-#: The 8 elements of D4 as functions on H×W(×C) arrays (identity, rot90 ×3, flips), for tests and evaluation.
-D4_ELEMENTS: dict[str, Any] = {
-    "e": lambda a: a,
-    "r90": lambda a: np.rot90(a, 1),
-    "r180": lambda a: np.rot90(a, 2),
-    "r270": lambda a: np.rot90(a, 3),
-    "fx": lambda a: a[:, ::-1],
-    "fy": lambda a: a[::-1],
-    "t": lambda a: np.swapaxes(a, 0, 1),
-    "at": lambda a: np.rot90(a, 2).swapaxes(0, 1),
-}
