@@ -38,15 +38,26 @@ def size_multiple(model: nn.Module) -> int:
     return 2 ** int(depth) if depth is not None else 1
 
 
-def _pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int, int, int]]:
-    h, w = x.shape[-2:]
-    ph = (-h) % multiple
-    pw = (-w) % multiple
-    if ph == 0 and pw == 0:
-        return x, (0, 0, 0, 0)
-    pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
-    mode = "reflect" if min(h, w) > max(pad) else "replicate"
+def symmetric_padding(h: int, w: int, multiple: int) -> tuple[int, int, int, int]:
+    """``(left, right, top, bottom)`` that bring ``h × w`` to multiples of ``multiple`` (odd extra: right/bottom)."""
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return pw // 2, pw - pw // 2, ph // 2, ph - ph // 2
+
+
+def pad_to_multiple(x: Tensor, multiple: int, mode: str) -> tuple[Tensor, tuple[int, int, int, int]]:
+    """``x`` (..., H, W) padded by :func:`symmetric_padding` with ``F.pad``'s ``mode`` (``"reflect"``,
+    ``"replicate"``, ...), and the padding; ``x`` itself when it needs none."""
+    pad = symmetric_padding(x.shape[-2], x.shape[-1], multiple)
+    if not any(pad):
+        return x, pad
     return F.pad(x, pad, mode=mode), pad
+
+
+def _pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int, int, int]]:
+    """Reflect padding to a multiple where the image is large enough to mirror, else replicate."""
+    h, w = x.shape[-2:]
+    mode = "reflect" if min(h, w) > max(symmetric_padding(h, w, multiple)) else "replicate"
+    return pad_to_multiple(x, multiple, mode)
 
 
 def forward_padded(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, multiple: int | None = None) -> Tensor:
@@ -209,4 +220,5 @@ def d4_tta(fn: Callable[[Tensor], Tensor], x: Tensor, elements: list[GroupElemen
     return total / len(elements)
 
 
-__all__ = ["predict_logits", "d4_tta", "receptive_radius", "forward_padded", "size_multiple", "BLENDS"]
+__all__ = ["predict_logits", "d4_tta", "receptive_radius", "forward_padded", "size_multiple", "symmetric_padding",
+           "pad_to_multiple", "BLENDS"]
