@@ -1,10 +1,12 @@
-"""util.study: study files, points, the runner (jobs, kill + resume, skip), the report and its statistics."""
+"""util.study end to end: plan, the runner (jobs, kill + resume, skip) and the report on a tiny trained study.
+
+Without training: ``test_util_study_points.py`` (points, shards, study files) and ``test_util_study_stats.py``
+(statistics, stores). ``write_study`` here is their tiny study file too.
+"""
 from __future__ import annotations
 
 import csv
-import itertools
 import json
-import multiprocessing
 import os
 import shutil
 import signal
@@ -14,19 +16,12 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from torch import nn
 
-from util.config import ConfigError
-from util.study import (Runner, bootstrap_mf1, bootstrap_paired, cell_summary, child_env, choose_lr,
-                        contrast_table, counts_array, expand_points, f1_from_counts, first_reach, in_shard,
-                        load_results, load_study, macs_per_pixel, mean_std, median_curve_by_step,
-                        median_curve_by_time, mf1_from_counts, point_status, read_rows, runs_csv, upsert_row)
+from util.study import load_study, read_rows
 from util.study.__main__ import main as study_main
-from util.study.store import lock_path, write_point_record
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -230,218 +225,3 @@ def test_report_writes_tables_readme_and_figures_from_results_alone(results_only
         png = results_only.out / "vis" / "tiny_study" / f"{name}.png"
         assert png.stat().st_size > 1000
         assert f"({os.path.relpath(png, res)})" in readme
-
-
-# ============================================================================== points, shards, runner
-def test_points_reuse_the_winning_search_run_and_split_into_shards(tmp_path, tiny_ocelot_root):
-    cfg = write_study(tmp_path / "s.yaml", tiny_ocelot_root, tmp_path, fractions=[0.5, 1.0], seeds=[0, 1])
-    study = load_study(cfg)
-    waiting = expand_points(study)
-    assert [p.stage for p in waiting] == ["lr"] * 4 + ["main"] * 8
-    assert all(p.config is None and point_status(p, {}) in ("waiting", "reuse-wait") for p in waiting[4:])
-    rows = {p.id: {"val_mF1": v, "config_hash": p.config.config_hash()}
-            for p, v in zip(waiting[:4], (0.4, 0.5, 0.7, 0.6))}
-    points = expand_points(study, rows)
-    main = {p.id: p for p in points if p.stage == "main"}
-    assert main["plain_none-f1-s0"].source == "lr-plain_none-0.01"
-    assert main["moment_none-f1-s0"].source == "lr-moment_none-0.003"
-    assert main["plain_none-f0.5-s1"].source is None and main["plain_none-f0.5-s1"].learning_rate == 0.01
-    assert point_status(main["plain_none-f1-s0"], rows) == "reuse"
-    assert main["plain_none-f0.5-s1"].config.data.subset_seed == 1
-    assert main["plain_none-f0.5-s1"].config.data.subset_fraction == 0.5
-    shards = [{p.id for p in points if in_shard(p, (i, 3))} for i in range(3)]
-    assert set().union(*shards) == {p.id for p in points} and sum(map(len, shards)) == len(points)
-    assert {p.id for p in points if p.index % 3 == 1} == shards[1]
-
-
-def test_matched_arm_gets_the_target_parameter_count(tmp_path, tiny_ocelot_root):
-    from model import build_model, count_parameters
-
-    arms = [{"label": "moment_none", "model": {"name": "moment_unet", "kwargs": {"group": "D4", "width": 8}},
-             "preset": "none"},
-            {"label": "plain_pm", "preset": "none", "match_params": "moment_none"}]
-    study = load_study(write_study(tmp_path / "s.yaml", tiny_ocelot_root, tmp_path, arms=arms, contrasts=[],
-                                   lr_search=None))
-    pts = {p.arm.label: p for p in expand_points(study)}
-    target = count_parameters(build_model("moment_unet", group="D4", width=8, depth=2))
-    got = count_parameters(build_model("unet", **pts["plain_pm"].config.model.kwargs))
-    assert pts["plain_pm"].width != 8 and abs(got - target) <= 0.05 * target
-    assert pts["plain_pm"].arm.comparison == "equal_params:moment_none"
-
-
-def test_choose_lr_takes_the_best_validation_score_and_waits_for_all():
-    study = SimpleNamespace(lr_values=[1e-3, 3e-3, 1e-2])
-    rows = {"lr-a-0.001": {"val_mF1": "0.5"}, "lr-a-0.003": {"val_mF1": "0.62"}}
-    assert choose_lr(study, "a", rows)[0] is None
-    rows["lr-a-0.01"] = {"val_mF1": "0.62"}  # tie: the value listed first wins
-    lr, scores = choose_lr(study, "a", rows)
-    assert lr == 3e-3 and scores == {1e-3: 0.5, 3e-3: 0.62, 1e-2: 0.62}
-    rows["lr-a-0.001"] = {"val_mF1": ""}  # a run without a score never wins
-    assert choose_lr(study, "a", rows)[0] == 3e-3
-
-
-def test_max_minutes_zero_starts_nothing(tmp_path, tiny_ocelot_root):
-    study = load_study(write_study(tmp_path / "s.yaml", tiny_ocelot_root, tmp_path))
-    said: list[str] = []
-    assert Runner(study, jobs=2, max_minutes=0, echo=said.append).run() == 0
-    assert not any(s.startswith("start") for s in said) and "4 pending" in said[-1]
-    assert not list((tmp_path / "runs").glob("tiny_study/*/config.yaml"))
-
-
-def test_child_env_sets_threads_and_gpu():
-    e = child_env(3, "1")
-    assert e["OMP_NUM_THREADS"] == e["MKL_NUM_THREADS"] == "3" and e["CUDA_VISIBLE_DEVICES"] == "1"
-    assert child_env(1, None).get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES")
-
-
-def test_load_study_rejects_bad_files(tmp_path, tiny_ocelot_root):
-    bad = [{"lerning_rate": 1}, {"arms": [{"label": "a", "match_params": "nope"}]},
-           {"contrasts": [{"kind": "d", "arm": "plain_none", "vs": "plain_none"}]},
-           {"arms": [{"label": "a"}, {"label": "a"}]}, {"budget": {}}, {"fractions": [1.5]}]
-    for i, change in enumerate(bad):
-        with pytest.raises(ConfigError):
-            load_study(write_study(tmp_path / f"bad{i}.yaml", tiny_ocelot_root, tmp_path, **change))
-
-
-@pytest.mark.parametrize("name", ["brca_cpu", "brca_gpu", "ocelot_gpu"])
-def test_shipped_study_files_describe_the_fair_arms(name):
-    study = load_study(REPO / "configs" / "study" / f"{name}.yaml")
-    arms = {a.label: a for a in study.arms}
-    assert {("unet", "none"), ("unet", "flips_rot90"), ("unet", "full"), ("moment_unet", "none"),
-            ("moment_unet", "flips_rot90"), ("escnn_unet", "none")} <= {(a.model, a.preset) for a in study.arms}
-    for eq in ("moment_d4_none", "escnn_c8_none"):  # narrowed plain arms with and without augmentation
-        assert {arms[a].preset for a in arms if arms[a].match_params == eq} == {"none", "flips_rot90"}
-    assert {c.kind for c in study.contrasts} == {"a", "b", "c"}
-    assert len(study.seeds) >= 3 and 1.0 in study.fractions and len(study.lr_values) == 3
-    if name == "brca_cpu":
-        assert study.fractions == [0.25, 1.0] and arms["plain_none"].kwargs["width"] >= 16
-    else:
-        assert study.fractions == [0.1, 0.25, 0.5, 1.0] and len(study.seeds) == 5
-
-
-# ========================================================================================== statistics
-def test_f1_from_counts_by_the_ocelot_rule():
-    assert f1_from_counts([8, 2, 2]) == pytest.approx(0.8, abs=1e-6)  # P = R = 0.8
-    assert f1_from_counts([0, 0, 0]) == 0.0 and f1_from_counts([0, 5, 5]) == 0.0
-    assert f1_from_counts([3, 1, 0]) == pytest.approx(2 * 0.75 * 1 / 1.75, abs=1e-6)
-    assert mf1_from_counts([[8, 2, 2], [3, 1, 0]]) == pytest.approx((0.8 + 1.5 / 1.75) / 2, abs=1e-6)
-
-
-def _record(point: str, ids, bc, tc, steps=(), times=(), val=()):
-    return {"point": point, "study": "fake", "labels": {}, "config_hash": "x", "run_id": point,
-            "source_point": point, "history": {"step": list(steps), "elapsed_s": list(times), "val_mF1": list(val)},
-            "test_sets": {"test": {"ids": list(ids), "BC": [list(c) for c in bc], "TC": [list(c) for c in tc]}}}
-
-
-def test_counts_array_aligns_images_by_id():
-    a = _record("a", ["1", "2"], [[1, 0, 0], [2, 0, 0]], [[0, 1, 0], [0, 2, 0]])
-    b = _record("b", ["2", "1", "3"], [[5, 0, 0], [4, 0, 0], [9, 9, 9]], [[0, 5, 0], [0, 4, 0], [9, 9, 9]])
-    counts, ids = counts_array([a, b])
-    assert ids == ["1", "2"] and counts.shape == (2, 2, 2, 3)
-    assert counts[1, :, 0, 0].tolist() == [4, 5] and counts[0, :, 1, 1].tolist() == [1, 2]
-
-
-def test_bootstrap_of_a_constant_is_that_constant():
-    counts = np.tile(np.array([[6, 2, 1], [3, 3, 3]], float), (3, 4, 1, 1))  # 3 seeds, 4 images, all equal
-    value = float(mf1_from_counts(counts.sum(axis=1))[0])
-    res = bootstrap_mf1(counts, replicates=500, seed=1)
-    assert res["estimate"] == pytest.approx(value) and res["low"] == pytest.approx(value)
-    assert res["high"] == pytest.approx(value)
-    diff = bootstrap_paired(counts, counts, replicates=200)
-    assert (diff["estimate"], diff["low"], diff["high"]) == (0.0, 0.0, 0.0)
-
-
-def test_bootstrap_matches_brute_force_enumeration():
-    """2 seeds × 2 images: the 16 equally likely (seed draw, image draw) outcomes, enumerated."""
-    counts = np.array([[[[5, 1, 0], [2, 2, 2]], [[1, 3, 4], [0, 1, 3]]],
-                       [[[6, 0, 1], [3, 1, 1]], [[2, 2, 2], [1, 0, 2]]]], float)
-    values = []
-    for seeds in itertools.product(range(2), repeat=2):
-        for images in itertools.product(range(2), repeat=2):
-            values.append(np.mean([mf1_from_counts(counts[s][list(images)].sum(axis=0)) for s in seeds]))
-    res = bootstrap_mf1(counts, replicates=8000, seed=0)
-    assert res["low"] == pytest.approx(min(values)) and res["high"] == pytest.approx(max(values))
-    assert res["replicates"].mean() == pytest.approx(np.mean(values), abs=0.005)
-    assert res["estimate"] == pytest.approx(np.mean([mf1_from_counts(counts[s].sum(axis=0)) for s in range(2)]))
-    a = bootstrap_mf1(counts, replicates=300, seed=7)["replicates"]
-    assert np.array_equal(a, bootstrap_mf1(counts, replicates=300, seed=7)["replicates"])  # reproducible
-
-
-def test_paired_bootstrap_sees_a_consistent_gain():
-    rng = np.random.default_rng(0)
-    b = rng.integers(1, 10, size=(3, 6, 2, 3)).astype(float)
-    a = b.copy()
-    a[..., 0] += 3  # three more true positives on every image, class and seed
-    res = bootstrap_paired(a, b, replicates=1000)
-    assert 0 < res["low"] <= res["estimate"] <= res["high"]
-    with pytest.raises(ValueError):
-        bootstrap_paired(a, b[:2])
-
-
-def test_mean_std_over_seeds():
-    assert mean_std([0.5, 0.6, 0.7]) == pytest.approx((0.6, 0.1))
-    m, s = mean_std([0.4, float("nan")])
-    assert m == 0.4 and np.isnan(s)
-
-
-def test_summary_and_contrasts_from_hand_written_points(tmp_path, tiny_ocelot_root):
-    study = load_study(write_study(tmp_path / "s.yaml", tiny_ocelot_root, tmp_path, fractions=[1.0],
-                                   seeds=[0, 1, 2], lr_search=None, target_mf1=0.6))
-    ids = ["a", "b"]
-    cells = {"moment_none": ([[8, 2, 2], [8, 2, 2]], [[3, 1, 0], [3, 1, 0]]),  # mF1 (0.8 + 6/7) / 2
-             "plain_none": ([[1, 1, 0], [1, 1, 0]], [[1, 0, 1], [1, 0, 1]])}  # F1 2/3 and 2/3
-    scores = {"moment_none": [0.8, 0.82, 0.84], "plain_none": [0.6, 0.6, 0.6]}
-    for arm, (bc, tc) in cells.items():
-        for seed, score in zip(study.seeds, scores[arm]):
-            pid = f"{arm}-f1-s{seed}"
-            write_point_record(study, _record(pid, ids, bc, tc, [2, 4], [1.0, 2.0], [0.3, 0.7]))
-            upsert_row(runs_csv(study), {"point": pid, "stage": "main", "arm": arm, "fraction": 1.0, "seed": seed,
-                                         "test_mF1": score, "model": "m", "preset": "none"}, lock_path(study))
-    df, records = load_results(study)
-    summary = cell_summary(study, df, records).set_index("arm")
-    assert summary.loc["moment_none", "mF1_mean"] == pytest.approx(0.82)
-    assert summary.loc["moment_none", "mF1_std"] == pytest.approx(0.02)
-    assert summary.loc["plain_none", "mF1_std"] == pytest.approx(0.0)
-    good = (0.8 + 6 / 7) / 2
-    assert summary.loc["moment_none", "mF1_ci_low"] == pytest.approx(good, abs=1e-6)
-    assert summary.loc["moment_none", "mF1_ci_high"] == pytest.approx(good, abs=1e-6)
-    assert summary.loc["plain_none", "time_to_target_s_median"] == 2.0  # val mF1 0.7 >= 0.6 at t = 2 s
-    (row,) = contrast_table(study, df, records).to_dict("records")
-    assert row["diff"] == pytest.approx(good - 2 / 3, abs=1e-6) and row["ci_low"] == pytest.approx(row["diff"])
-    assert row["seeds"] == 3 and row["images"] == 2 and row["reading"] == "moment_none better"
-
-
-def test_time_to_target_and_median_curves():
-    h1 = {"step": [10, 20, 30], "elapsed_s": [5.0, 10.0, 15.0], "val_mF1": [0.2, 0.5, 0.6]}
-    h2 = {"step": [10, 20, 30], "elapsed_s": [4.0, 8.0, 12.0], "val_mF1": [0.4, 0.3, 0.7]}
-    h3 = {"step": [10, 20, 30], "elapsed_s": [6.0, 12.0, 18.0], "val_mF1": [0.1, 0.2, 0.3]}
-    assert first_reach(h1, 0.5) == 10.0 and first_reach(h1, 0.5, "step") == 20 and np.isnan(first_reach(h3, 0.5))
-    steps, med = median_curve_by_step([h1, h2, h3])
-    assert steps.tolist() == [10, 20, 30] and med.tolist() == [0.2, 0.3, 0.6]
-    t, m = median_curve_by_time([h1, h2], n=16)  # grid 0, 1, ..., 15 s (the longer run's end)
-    assert t.tolist() == list(range(16)) and np.isnan(m[3])  # before any validation
-    assert m[4] == pytest.approx(0.4)  # only h2 has validated
-    assert m[10] == pytest.approx((0.5 + 0.3) / 2)
-    assert m[15] == pytest.approx((0.6 + 0.7) / 2)  # h2 ended at 12 s: its last value counts after that
-
-
-def test_macs_per_pixel_counts_convolutions():
-    conv = nn.Conv2d(3, 8, 3, padding=1)
-    assert macs_per_pixel(conv, 16) == 3 * 8 * 9
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 2, 1))
-    assert macs_per_pixel(net, 16) == 3 * 4 * 9 + 4 * 2 / 4  # the 1×1 conv runs on a quarter of the pixels
-
-
-def _upsert_many(args) -> None:
-    path, lock, worker = args
-    for k in range(15):
-        upsert_row(Path(path), {"point": f"w{worker}-{k}", "test_mF1": k / 10}, Path(lock))
-
-
-def test_concurrent_writers_keep_every_row(tmp_path):
-    path, lock = tmp_path / "runs.csv", tmp_path / ".lock"
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(2) as pool:
-        pool.map(_upsert_many, [(str(path), str(lock), w) for w in range(2)])
-    rows = read_rows(path)
-    assert len(rows) == 30 and rows["w1-14"]["test_mF1"] == "1.4"

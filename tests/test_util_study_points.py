@@ -1,0 +1,98 @@
+"""util.study without training: points and their reuse of search runs, shards, matched widths, the learning-rate
+choice, the runner's time limit, child environments, and study files (bad ones refused, shipped ones fair)."""
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from tests.test_study import REPO, write_study
+from util.config import ConfigError
+from util.study import Runner, child_env, choose_lr, expand_points, in_shard, load_study, point_status
+
+
+def test_points_reuse_the_winning_search_run_and_split_into_shards(tmp_path, tiny_ocelot_root):
+    cfg = write_study(tmp_path / "s.yaml", tiny_ocelot_root, tmp_path, fractions=[0.5, 1.0], seeds=[0, 1])
+    study = load_study(cfg)
+    waiting = expand_points(study)
+    assert [p.stage for p in waiting] == ["lr"] * 4 + ["main"] * 8
+    assert all(p.config is None and point_status(p, {}) in ("waiting", "reuse-wait") for p in waiting[4:])
+    rows = {p.id: {"val_mF1": v, "config_hash": p.config.config_hash()}
+            for p, v in zip(waiting[:4], (0.4, 0.5, 0.7, 0.6))}
+    points = expand_points(study, rows)
+    main = {p.id: p for p in points if p.stage == "main"}
+    assert main["plain_none-f1-s0"].source == "lr-plain_none-0.01"
+    assert main["moment_none-f1-s0"].source == "lr-moment_none-0.003"
+    assert main["plain_none-f0.5-s1"].source is None and main["plain_none-f0.5-s1"].learning_rate == 0.01
+    assert point_status(main["plain_none-f1-s0"], rows) == "reuse"
+    assert main["plain_none-f0.5-s1"].config.data.subset_seed == 1
+    assert main["plain_none-f0.5-s1"].config.data.subset_fraction == 0.5
+    shards = [{p.id for p in points if in_shard(p, (i, 3))} for i in range(3)]
+    assert set().union(*shards) == {p.id for p in points} and sum(map(len, shards)) == len(points)
+    assert {p.id for p in points if p.index % 3 == 1} == shards[1]
+
+
+def test_matched_arm_gets_the_target_parameter_count(tmp_path, tiny_ocelot_root):
+    from model import build_model, count_parameters
+
+    arms = [{"label": "moment_none", "model": {"name": "moment_unet", "kwargs": {"group": "D4", "width": 8}},
+             "preset": "none"},
+            {"label": "plain_pm", "preset": "none", "match_params": "moment_none"}]
+    study = load_study(write_study(tmp_path / "s.yaml", tiny_ocelot_root, tmp_path, arms=arms, contrasts=[],
+                                   lr_search=None))
+    pts = {p.arm.label: p for p in expand_points(study)}
+    target = count_parameters(build_model("moment_unet", group="D4", width=8, depth=2))
+    got = count_parameters(build_model("unet", **pts["plain_pm"].config.model.kwargs))
+    assert pts["plain_pm"].width != 8 and abs(got - target) <= 0.05 * target
+    assert pts["plain_pm"].arm.comparison == "equal_params:moment_none"
+
+
+def test_choose_lr_takes_the_best_validation_score_and_waits_for_all():
+    study = SimpleNamespace(lr_values=[1e-3, 3e-3, 1e-2])
+    rows = {"lr-a-0.001": {"val_mF1": "0.5"}, "lr-a-0.003": {"val_mF1": "0.62"}}
+    assert choose_lr(study, "a", rows)[0] is None
+    rows["lr-a-0.01"] = {"val_mF1": "0.62"}  # tie: the value listed first wins
+    lr, scores = choose_lr(study, "a", rows)
+    assert lr == 3e-3 and scores == {1e-3: 0.5, 3e-3: 0.62, 1e-2: 0.62}
+    rows["lr-a-0.001"] = {"val_mF1": ""}  # a run without a score never wins
+    assert choose_lr(study, "a", rows)[0] == 3e-3
+
+
+def test_max_minutes_zero_starts_nothing(tmp_path, tiny_ocelot_root):
+    study = load_study(write_study(tmp_path / "s.yaml", tiny_ocelot_root, tmp_path))
+    said: list[str] = []
+    assert Runner(study, jobs=2, max_minutes=0, echo=said.append).run() == 0
+    assert not any(s.startswith("start") for s in said) and "4 pending" in said[-1]
+    assert not list((tmp_path / "runs").glob("tiny_study/*/config.yaml"))
+
+
+def test_child_env_sets_threads_and_gpu():
+    e = child_env(3, "1")
+    assert e["OMP_NUM_THREADS"] == e["MKL_NUM_THREADS"] == "3" and e["CUDA_VISIBLE_DEVICES"] == "1"
+    assert child_env(1, None).get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_load_study_rejects_bad_files(tmp_path, tiny_ocelot_root):
+    bad = [{"lerning_rate": 1}, {"arms": [{"label": "a", "match_params": "nope"}]},
+           {"contrasts": [{"kind": "d", "arm": "plain_none", "vs": "plain_none"}]},
+           {"arms": [{"label": "a"}, {"label": "a"}]}, {"budget": {}}, {"fractions": [1.5]}]
+    for i, change in enumerate(bad):
+        with pytest.raises(ConfigError):
+            load_study(write_study(tmp_path / f"bad{i}.yaml", tiny_ocelot_root, tmp_path, **change))
+
+
+@pytest.mark.parametrize("name", ["brca_cpu", "brca_gpu", "ocelot_gpu"])
+def test_shipped_study_files_describe_the_fair_arms(name):
+    study = load_study(REPO / "configs" / "study" / f"{name}.yaml")
+    arms = {a.label: a for a in study.arms}
+    assert {("unet", "none"), ("unet", "flips_rot90"), ("unet", "full"), ("moment_unet", "none"),
+            ("moment_unet", "flips_rot90"), ("escnn_unet", "none")} <= {(a.model, a.preset) for a in study.arms}
+    for eq in ("moment_d4_none", "escnn_c8_none"):  # narrowed plain arms with and without augmentation
+        assert {arms[a].preset for a in arms if arms[a].match_params == eq} == {"none", "flips_rot90"}
+    assert {c.kind for c in study.contrasts} == {"a", "b", "c"}
+    assert len(study.seeds) >= 3 and 1.0 in study.fractions and len(study.lr_values) == 3
+    if name == "brca_cpu":
+        assert study.fractions == [0.25, 1.0] and arms["plain_none"].kwargs["width"] >= 16
+    else:
+        assert study.fractions == [0.1, 0.25, 0.5, 1.0] and len(study.seeds) == 5
