@@ -29,10 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def _module(cfg, steps):
     import lightning.pytorch as pl
 
-    from util.training import SegmentationModule
+    from model import build_model
+    from util.training import SegmentationModule, model_kwargs
 
     pl.seed_everything(cfg.seed, verbose=False)
-    return SegmentationModule(cfg, steps, val_every=10**9)
+    return SegmentationModule(build_model(cfg.model.name, **model_kwargs(cfg)), cfg, steps, val_every=10**9)
 
 
 def _loader(module, cfg, steps):
@@ -99,7 +100,6 @@ def lightning_loop(cfg, steps: int, warmup: int, workdir: Path) -> float:
 
     module = _module(cfg, steps)
     loader = _loader(module, cfg, steps)
-    module.train_dataloader = lambda: loader  # the same loader construction as the bare loop
     timer = Timer()
     settings = trainer_settings(cfg)
     settings.pop("plugins")
@@ -108,7 +108,7 @@ def lightning_loop(cfg, steps: int, warmup: int, workdir: Path) -> float:
                          log_every_n_steps=cfg.log_every_n_steps, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=cfg.grad_clip,
                          use_distributed_sampler=False, **settings)
-    trainer.fit(module)
+    trainer.fit(module, train_dataloaders=loader)  # the same loader construction as the bare loop
     return timer.n / (timer.t1 - timer.t0)
 
 

@@ -9,9 +9,14 @@ import pytest
 import torch
 
 from tests.conftest import real_datasets
-from util.dataloader import (DataConfig, OcelotDataModule, OcelotDataset, collate, load_manifest, make_dataloaders,
-                             select_subset)
+from util.config import ExperimentConfig
+from util.dataloader import DataConfig, OcelotDataset, collate, load_manifest, make_datasets, select_subset
 from util.ocelot import points_to_mask
+from util.training.data import OcelotDataModule
+
+
+def _config(root: Path, seed: int = 0, **data) -> ExperimentConfig:
+    return ExperimentConfig.from_dict({"seed": seed, "max_steps": 4, "data": {"root": str(root), **data}})
 
 
 def test_sample_dict_full_patch(tiny_ocelot_root: Path) -> None:
@@ -51,50 +56,47 @@ def test_subset_manifest_is_deterministic_nested_and_saved(tiny_ocelot_root: Pat
         select_subset(ids, 0.0, 0)
     cfg = DataConfig(root=str(tiny_ocelot_root), crop_size=64, subset_fraction=0.5, subset_seed=3,
                      manifest_dir=str(tmp_path / "run"))
-    loaders = make_dataloaders(cfg, seed=0)
+    datasets = make_datasets(cfg, seed=0)
     man = load_manifest(tmp_path / "run" / "subset_manifest.json")
-    assert man["ids"] == loaders["train"].dataset.ids and len(man["ids"]) == 2
+    assert man["ids"] == datasets["train"].ids and len(man["ids"]) == 2
     assert man["subset_fraction"] == 0.5 and man["subset_seed"] == 3 and man["n_total"] == 4
-    again = make_dataloaders(cfg, seed=1)["train"].dataset.ids
+    again = make_datasets(cfg, seed=1)["train"].ids
     assert again == man["ids"]  # the subset depends on subset_seed only
-    assert len(loaders["val"].dataset) == 2  # val/test are never subset
+    assert len(datasets["val"]) == 2 and len(datasets["test"]) == 2  # val/test are never subset
 
 
-def _first_batch(cfg: DataConfig, seed: int) -> dict:
-    return next(iter(make_dataloaders(cfg, seed=seed)["train"]))
+def _first_batch(cfg: ExperimentConfig) -> dict:
+    return next(iter(OcelotDataModule(cfg).train_dataloader()))
 
 
 def test_loaders_are_seeded(tiny_ocelot_root: Path) -> None:
-    cfg = DataConfig(root=str(tiny_ocelot_root), preset="full", crop_size=64, batch_size=2)
-    a, b, c = _first_batch(cfg, 0), _first_batch(cfg, 0), _first_batch(cfg, 1)
+    a, b = (_first_batch(_config(tiny_ocelot_root, 0, preset="full", crop_size=64, batch_size=2)) for _ in "ab")
+    c = _first_batch(_config(tiny_ocelot_root, 1, preset="full", crop_size=64, batch_size=2))
     assert a["id"] == b["id"] and torch.equal(a["image"], b["image"])
     assert not (a["id"] == c["id"] and torch.equal(a["image"], c["image"]))
     assert a["image"].shape == (2, 3, 64, 64) and a["mask"].shape == (2, 64, 64)
     assert isinstance(a["points"], list) and isinstance(a["mpp"], list)
 
 
-def test_loaders_with_workers_are_seeded(tiny_ocelot_root: Path) -> None:
-    cfg = DataConfig(root=str(tiny_ocelot_root), preset="rotate_any", crop_size=64, batch_size=2, num_workers=2)
-    a, b = _first_batch(cfg, 5), _first_batch(cfg, 5)
-    assert a["id"] == b["id"] and torch.equal(a["image"], b["image"])
-    loaders = make_dataloaders(cfg, seed=5)
-    batches = list(loaders["train"])
-    assert sum(len(x["id"]) for x in batches) == 4
-    val = next(iter(loaders["val"]))
-    assert val["image"].shape == (2, 3, 128, 128)  # full patches, batched when they share a size
-
-
 def test_datamodule(tiny_ocelot_root: Path) -> None:
-    dm = OcelotDataModule(DataConfig(root=str(tiny_ocelot_root), crop_size=64), seed=0)
-    dm.setup("fit")
-    assert next(iter(dm.train_dataloader()))["image"].shape[-1] == 64
-    assert next(iter(dm.test_dataloader()))["image"].shape[-1] == 128
-    assert dm.hparams["data"]["crop_size"] == 64
+    """The engine's DataModule: the stream of max_steps batches (the same with 2 workers), full val patches."""
+    cfg = _config(tiny_ocelot_root, 5, preset="rotate_any", crop_size=64, batch_size=2, with_tissue=True)
+    dm = OcelotDataModule(cfg)
+    assert (dm.steps_per_epoch, dm.total_steps) == (2, 4)  # 4 train patches, batches of 2, max_steps 4
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 4 and all(b["image"].shape == (2, 3, 64, 64) for b in batches)
+    assert "tissue_image" in batches[0]  # data.with_tissue reaches the datasets
+    cfg.data.num_workers = 2
+    with_workers = list(OcelotDataModule(cfg).train_dataloader())
+    assert [b["id"] for b in with_workers] == [b["id"] for b in batches]
+    assert all(torch.equal(x["image"], y["image"]) for x, y in zip(batches, with_workers))
+    val = list(dm.val_dataloader())
+    assert len(val) == 2 and val[0]["image"].shape == (1, 3, 128, 128)  # full patches, one at a time
 
 
 def test_clear_errors(tiny_ocelot_root: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="multiple of 16"):
-        make_dataloaders(DataConfig(root=str(tiny_ocelot_root), crop_size=72))
+    with pytest.raises(ValueError, match="crop_size.*multiple of 8"):  # the default net has depth 3
+        _config(tiny_ocelot_root, crop_size=68)
     with pytest.raises(ValueError, match="larger than patch"):
         OcelotDataset(tiny_ocelot_root, "train", crop_size=256)[0]
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -111,10 +113,10 @@ def test_real_data_loads(shared_data_dir: Path) -> None:
         pytest.skip(f"no OCELOT-layout set under {shared_data_dir}")
     for root in sets:
         meta = json.loads((root / "metadata.json").read_text())
-        loaders = make_dataloaders(DataConfig(root=str(root), preset="full", crop_size=128, batch_size=2), seed=0)
-        b = next(iter(loaders["train"]))
+        dm = OcelotDataModule(_config(root, preset="full", crop_size=128, batch_size=2))
+        b = next(iter(dm.train_dataloader()))
         assert b["image"].shape == (2, 3, 128, 128) and b["mask"].max() <= 2
-        ds = loaders["test"].dataset
+        ds = dm.datasets["test"]
         s = ds[0]
         assert s["mpp"] == pytest.approx(float(meta["sample_pairs"][s["id"]].get("mpp", s["mpp"])), rel=0.01)
         h, w = s["image"].shape[1:]

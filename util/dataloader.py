@@ -1,4 +1,4 @@
-"""OCELOT datasets, subset manifests, DataLoader and LightningDataModule factories.
+"""OCELOT datasets, subset manifests and batching (the engine's DataModule: :mod:`util.training.data`).
 
 A sample (DESIGN.md) is a dict:
 
@@ -13,29 +13,23 @@ A sample (DESIGN.md) is a dict:
   is not augmented, so use it with ``preset="none"`` when its geometry matters).
 
 Training samples are random ``crop_size`` crops (uniform position, ``preset`` augmentation); val/test samples
-are the full patches, deterministic. Model input sizes must be multiples of 16 (``2**depth`` for depth 4):
-``crop_size`` is checked, and a warning names patch sizes that are not.
+are the full patches, deterministic. The config checks that ``crop_size`` suits the model (a multiple of its
+``2**depth``); full patches of any size are padded by the inference code.
 """
 from __future__ import annotations
 
 import json
-import warnings
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from util.ocelot import (cell_box_in_tissue, cell_csv_path, find_image, list_ids, read_cells_csv,
                          read_image, read_metadata, read_tissue_mask, sample_mpp, points_to_mask, tissue_png_path)
-from util.config import DataConfig  # noqa: F401  (defined with the other config sections)
+from util.config import DataConfig  # defined with the other config sections
 from util.transforms import FILL, PRESETS, Augmenter
-
-#: Model input sides must be multiples of this (2**depth for the default depth 4).
-SIZE_MULTIPLE = 16
-
 
 def select_subset(ids: list[str], fraction: float, seed: int) -> list[str]:
     """A deterministic subset of ``round(fraction · n)`` ids (at least 1), sorted.
@@ -214,41 +208,6 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _worker_init(worker_id: int) -> None:
-    info = torch.utils.data.get_worker_info()
-    seed = int(info.seed % 2**32)  # base_seed + worker_id, drawn from the loader's seeded generator
-    np.random.seed(seed)
-    import random
-
-    random.seed(seed)
-    ds = info.dataset
-    if hasattr(ds, "reseed"):
-        ds.reseed(seed)
-
-
-def _patch_sizes(ds: OcelotDataset) -> set[tuple[int, int]]:
-    from PIL import Image
-
-    sizes = set()
-    for sid in ds.ids:
-        with Image.open(find_image(ds.root, ds.split, sid)) as im:
-            sizes.add(im.size)
-    return sizes
-
-
-def _check_sizes(cfg: DataConfig, datasets: dict[str, OcelotDataset]) -> None:
-    if cfg.crop_size is not None and cfg.crop_size % SIZE_MULTIPLE:
-        raise ValueError(f"crop_size {cfg.crop_size} is not a multiple of {SIZE_MULTIPLE} (2**depth of the U-Nets); "
-                         f"choose e.g. {SIZE_MULTIPLE * max(1, round(cfg.crop_size / SIZE_MULTIPLE))}")
-    for split, ds in datasets.items():
-        if split == "train" and cfg.crop_size is not None:
-            continue
-        bad = sorted(s for s in _patch_sizes(ds) if s[0] % SIZE_MULTIPLE or s[1] % SIZE_MULTIPLE)
-        if bad:
-            warnings.warn(f"{split} patches of {ds.root} are {bad} (W×H), not multiples of {SIZE_MULTIPLE}: models need padding "
-                          f"(or crop_size) for exact equivariance", stacklevel=3)
-
-
 def make_datasets(cfg: DataConfig, seed: int = 0) -> dict[str, OcelotDataset]:
     """The train/val/test datasets of a config (train: crops + preset + subset; val/test: full, no aug)."""
     manifest = None
@@ -262,58 +221,13 @@ def make_datasets(cfg: DataConfig, seed: int = 0) -> dict[str, OcelotDataset]:
         "val": OcelotDataset(cfg.root, "val", mask_radius_um=cfg.mask_radius_um, with_tissue=cfg.with_tissue),
         "test": OcelotDataset(cfg.root, "test", mask_radius_um=cfg.mask_radius_um, with_tissue=cfg.with_tissue),
     }
-    _check_sizes(cfg, ds)
     return ds
 
 
-def make_dataloaders(cfg: DataConfig, seed: int = 0) -> dict[str, DataLoader]:
-    """DataLoaders ``train`` (shuffled, seeded workers, random crops), ``val`` and ``test`` (full patches)."""
-    ds = make_datasets(cfg, seed)
-    g = torch.Generator()
-    g.manual_seed(int(seed))
-    common = dict(num_workers=cfg.num_workers, collate_fn=collate, worker_init_fn=_worker_init,
-                  persistent_workers=False, pin_memory=False)
-    # val/test are full patches: batched when all patches of the split share one size, else one at a time
-    eval_bs = {s: cfg.batch_size if len(_patch_sizes(ds[s])) == 1 else 1 for s in ("val", "test")}
-    return {
-        "train": DataLoader(ds["train"], batch_size=cfg.batch_size, shuffle=True, generator=g, drop_last=False,
-                            **common),
-        "val": DataLoader(ds["val"], batch_size=eval_bs["val"], shuffle=False, **common),
-        "test": DataLoader(ds["test"], batch_size=eval_bs["test"], shuffle=False, **common),
-    }
+def __getattr__(name: str):
+    """``OcelotDataModule`` moved to :mod:`util.training.data` (the engine's one data pipeline)."""
+    if name == "OcelotDataModule":
+        from util.training.data import OcelotDataModule
 
-
-try:
-    import lightning.pytorch as pl
-
-    class OcelotDataModule(pl.LightningDataModule):
-        """LightningDataModule with the loaders of :func:`make_dataloaders`."""
-
-        def __init__(self, cfg: DataConfig, seed: int = 0) -> None:
-            super().__init__()
-            self.cfg, self.seed = cfg, seed
-            self.loaders: dict[str, DataLoader] | None = None
-            self.save_hyperparameters({"data": asdict(cfg), "seed": seed})
-
-        def setup(self, stage: str | None = None) -> None:
-            if self.loaders is None:
-                self.loaders = make_dataloaders(self.cfg, self.seed)
-
-        def _get(self, split: str) -> DataLoader:
-            self.setup()
-            assert self.loaders is not None
-            return self.loaders[split]
-
-        def train_dataloader(self) -> DataLoader:
-            return self._get("train")
-
-        def val_dataloader(self) -> DataLoader:
-            return self._get("val")
-
-        def test_dataloader(self) -> DataLoader:
-            return self._get("test")
-
-        def predict_dataloader(self) -> DataLoader:
-            return self._get("test")
-except ImportError:  # pragma: no cover - lightning is a declared dependency
-    OcelotDataModule = None  # type: ignore[assignment,misc]
+        return OcelotDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,8 +21,8 @@ continues with exactly the batches an uninterrupted run would have seen. Checkpo
 The package, one job a module (every name is re-exported here, so ``from util.training import X`` keeps working):
 
 =================  ==========================================================================================
-``data``           the resumable, seeded training stream (:class:`ResumableSampler`, :func:`training_loader`)
-``module``         the LightningModule (:class:`SegmentationModule`), loss, learning-rate schedule
+``data``           :class:`OcelotDataModule`: the resumable, seeded training stream and the val patches
+``module``         the LightningModule (:class:`SegmentationModule`, model injected), loss, schedule
 ``callbacks``      ``history.csv``, the stop-signal checkpoint, ``last.ckpt`` after validations, progress
 ``checkpoints``    atomic save, safe load, which checkpoint to resume from or evaluate
 ``runs``           run folders: location, provenance (``env.json``), failure marks
@@ -36,12 +36,13 @@ from util.training.callbacks import (HistoryCallback, StopCheckpoint, FinishVali
 from util.training.checkpoints import (AtomicCheckpointIO, atomic_torch_save, load_checkpoint,
                                        CheckpointError, _checkpoint_step, resume_candidates, pick_checkpoint,
                                        latest_checkpoint, weights_checkpoint, _maybe)  # noqa: F401
-from util.training.data import ResumableSampler, SeededItems, ResumableLoader, training_loader  # noqa: F401
+from util.training.data import (OcelotDataModule, ResumableSampler, SeededItems, ResumableLoader, training_loader,
+                                steps_per_epoch)  # noqa: F401
 from util.training.evaluation import (load_model_from_checkpoint, _TRANSFORM_ELEMENTS, evaluate_model,
                                       per_image_counts, choose_detection, trained_equivariance_error, LoadedRun,
                                       load_run, evaluate, predict, format_metrics_table)  # noqa: F401
 from util.training.fit import train, _train, _finalize_loggers, _run_summary  # noqa: F401
-from util.training.module import (NUM_CLASSES, NonFiniteLossError, make_loss, model_kwargs, steps_per_epoch,
+from util.training.module import (NUM_CLASSES, NonFiniteLossError, make_loss, model_kwargs,
                                   SegmentationModule, _CosineWarmup, _inference_kwargs, detect,
                                   _validation_threshold)  # noqa: F401
 from util.ocelot import write_points_json, read_points_json  # noqa: F401
@@ -49,7 +50,8 @@ from util.training.runs import (RunResult, resolve_run_dir, git_commit, environm
                                 _prepare_run_dir, _json_clean)  # noqa: F401
 from util.training.settings import _under_slurm, _slurm_tasks, trainer_settings, _world_size, _env_rank  # noqa: F401
 
-__all__ = ["train", "evaluate", "predict", "load_run", "LoadedRun", "choose_detection", "per_image_counts", "RunResult", "SegmentationModule", "ResumableSampler",
+__all__ = ["train", "evaluate", "predict", "load_run", "LoadedRun", "choose_detection", "per_image_counts", "RunResult", "SegmentationModule", "OcelotDataModule",
+           "ResumableSampler",
            "AtomicCheckpointIO", "atomic_torch_save", "load_checkpoint", "load_model_from_checkpoint",
            "evaluate_model", "write_points_json", "read_points_json", "format_metrics_table", "NonFiniteLossError",
            "resolve_run_dir", "trainer_settings", "environment_info", "latest_checkpoint",

@@ -1,13 +1,19 @@
-"""The training stream: a resumable, seeded sequence of batches (the same for any number of workers)."""
+"""The engine's data: :class:`OcelotDataModule` with the resumable, seeded training stream.
+
+The training stream is a sequence of ``total_steps`` batches (:class:`ResumableSampler`), the same for any
+number of workers and continued exactly after a resume; validation runs on the full val patches.
+"""
 from __future__ import annotations
 
+import math
 from typing import Any, Iterator
 
 import numpy as np
+import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from util.config import ExperimentConfig
-from util.dataloader import collate
+from util.dataloader import OcelotDataset, collate, make_datasets
 
 
 class ResumableSampler(Sampler):
@@ -93,3 +99,48 @@ def training_loader(ds: Dataset, cfg: ExperimentConfig, total_steps: int, rank: 
     return ResumableLoader(SeededItems(ds), batch_size=cfg.data.batch_size, sampler=sampler,
                            num_workers=cfg.data.num_workers, collate_fn=collate, persistent_workers=False,
                            progress_fn=progress_fn)
+
+
+
+def steps_per_epoch(n_train: int, batch_size: int, world_size: int = 1) -> int:
+    """Optimizer steps in one pass over ``n_train`` samples: ``ceil(n_train / (batch_size · world_size))``."""
+    return max(1, math.ceil(n_train / (batch_size * world_size)))
+
+
+
+class OcelotDataModule(pl.LightningDataModule):
+    """The data of one run: ``train`` is the resumable seeded stream, ``val`` the full val patches one by one.
+
+    The datasets are built at construction (:func:`util.dataloader.make_datasets`: train crops with the preset
+    and the subset, which writes ``subset_manifest.json`` into ``cfg.data.manifest_dir``; val/test full
+    patches), so the step counts are known before the Trainer exists. The training loader's state (batches
+    consumed) is saved in Lightning checkpoints and restored on resume (:class:`ResumableLoader`).
+
+    Args:
+        cfg: the run's config (``data`` section, ``seed``, ``max_steps`` or ``epochs``, ``val_every_n_epochs``).
+        world_size: training processes (DDP); each rank takes its share of every global batch.
+
+    Attributes:
+        datasets: ``{"train", "val", "test"}`` -> :class:`~util.dataloader.OcelotDataset`.
+        steps_per_epoch, total_steps, val_every: optimizer steps per pass, in the run, between validations.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, world_size: int = 1) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.datasets: dict[str, OcelotDataset] = make_datasets(cfg.data, seed=cfg.seed)
+        self.steps_per_epoch = steps_per_epoch(len(self.datasets["train"]), cfg.data.batch_size, world_size)
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.val_every = max(1, min(self.total_steps, self.steps_per_epoch * cfg.val_every_n_epochs))
+
+    def train_dataloader(self) -> ResumableLoader:
+        """The stream of ``total_steps`` batches for this rank (rank 0 of 1 outside a Trainer)."""
+        trainer = self.trainer
+        if trainer is None:
+            return training_loader(self.datasets["train"], self.cfg, self.total_steps)
+        return training_loader(self.datasets["train"], self.cfg, self.total_steps, rank=trainer.global_rank,
+                               world_size=trainer.world_size, progress_fn=lambda: trainer.global_step)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.datasets["val"], batch_size=1, shuffle=False, collate_fn=collate,
+                          num_workers=self.cfg.data.num_workers)

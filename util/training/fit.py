@@ -15,10 +15,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from model import count_parameters
+from model import build_model, count_parameters
 from util.cells import training_mpp
 from util.config import ExperimentConfig
-from util.dataloader import OcelotDataset
 from util.files import atomic_write
 from util.metrics import flatten_scores
 from util.ocelot import check_dataset_for_training
@@ -28,7 +27,8 @@ from util.training.callbacks import (FinishValidationOnStop, HistoryCallback, La
 from util.training.checkpoints import CheckpointError, _maybe, latest_checkpoint, weights_checkpoint
 from util.training.evaluation import (choose_detection, evaluate_model, load_model_from_checkpoint,
                                       trained_equivariance_error)
-from util.training.module import NonFiniteLossError, SegmentationModule, steps_per_epoch
+from util.training.data import OcelotDataModule
+from util.training.module import NonFiniteLossError, SegmentationModule, model_kwargs
 from util.training.runs import FAILED_FILE, RunResult, _json_clean, _mark_failed, _prepare_run_dir, resolve_run_dir
 from util.training.settings import _env_rank, _world_size, trainer_settings
 
@@ -87,15 +87,9 @@ def _train(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> RunResult:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     settings = trainer_settings(cfg)
     world = _world_size(settings)
-    train_ds = OcelotDataset(cfg.data.root, "train", crop_size=cfg.data.crop_size, transforms=cfg.data.preset,
-                             mask_radius_um=cfg.data.mask_radius_um, subset_fraction=cfg.data.subset_fraction,
-                             subset_seed=cfg.data.subset_seed,
-                             manifest_path=Path(cfg.data.manifest_dir) / "subset_manifest.json", seed=cfg.seed)
-    spe = steps_per_epoch(len(train_ds), cfg.data.batch_size, world)
-    total_steps = cfg.max_steps or cfg.epochs * spe
-    val_every = max(1, min(total_steps, spe * cfg.val_every_n_epochs))
-    module = SegmentationModule(cfg, total_steps, val_every)
-    module.train_ds = train_ds
+    data = OcelotDataModule(cfg, world)
+    total_steps, val_every = data.total_steps, data.val_every
+    module = SegmentationModule(build_model(cfg.model.name, **model_kwargs(cfg)), cfg, total_steps, val_every)
 
     history = HistoryCallback(run_dir / "history.csv")
     stopper = StopCheckpoint(last_ckpt)
@@ -126,7 +120,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> RunResult:
     previous_env = os.environ.get("OCELOT_RUN_DIR")
     os.environ["OCELOT_RUN_DIR"] = str(run_dir)  # DDP worker processes started by Lightning inherit it
     try:
-        trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
         _finalize_loggers(loggers)
         return RunResult(run_dir, cfg, {}, _maybe(ckpt_dir / "best.ckpt"), _maybe(last_ckpt),
@@ -163,7 +157,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> RunResult:
                              min_distance_um=detection["min_distance_um"] if detection else None)
     metrics["detection"] = detection or {"threshold": cfg.detection.threshold,
                                          "min_distance_um": cfg.detection.min_distance_um, "chosen_on": None}
-    metrics["train_mpp"] = training_mpp(list(train_ds.mpp.values()))
+    metrics["train_mpp"] = training_mpp(list(data.datasets["train"].mpp.values()))
     metrics.update(_run_summary(cfg, model, history, fit_wall, weights_from, trainer, total_steps))
     metrics["equivariance"] = trained_equivariance_error(model, cfg)
     atomic_write(run_dir / "metrics.json", json.dumps(_json_clean(metrics), indent=2))

@@ -1,4 +1,4 @@
-"""The LightningModule: a registry model trained with MONAI ``DiceCELoss``; validation scores OCELOT mF1."""
+"""The LightningModule: an injected model trained with MONAI ``DiceCELoss``; validation scores OCELOT mF1."""
 from __future__ import annotations
 
 import math
@@ -9,18 +9,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 import lightning.pytorch as pl
 
-from model import build_model
 from util.cells import Threshold, apply_threshold, choose_threshold
 from util.cells import detect as detect_with
 from util.config import ExperimentConfig
-from util.dataloader import OcelotDataset, collate
 from util.inference import predict_logits
 from util.metrics import CLASS_NAMES, SegmentationAccumulator, cell_detection_scores, cutoff_px
-from util.training.data import training_loader
+from util.training.data import steps_per_epoch  # noqa: F401  (old home of the name)
 
 
 NUM_CLASSES = 3
@@ -54,46 +51,29 @@ def model_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 
-def steps_per_epoch(n_train: int, batch_size: int, world_size: int = 1) -> int:
-    return max(1, math.ceil(n_train / (batch_size * world_size)))
-
-
-
 class SegmentationModule(pl.LightningModule):
-    """A registry model trained with MONAI ``DiceCELoss``; validation computes OCELOT mF1 and Dice."""
+    """Trains an injected segmentation model with MONAI ``DiceCELoss``; validation computes OCELOT mF1 and Dice.
 
-    def __init__(self, cfg: ExperimentConfig, total_steps: int, val_every: int):
+    The data come from a LightningDataModule (:class:`util.training.data.OcelotDataModule` in the engine).
+
+    Args:
+        model: maps images ``B×C×H×W`` to class logits ``B×3×H×W`` (0 no cell, 1 background, 2 tumour cell),
+            e.g. ``build_model(cfg.model.name, **model_kwargs(cfg))``.
+        cfg: the run's config (loss, optimizer, schedule, detection and inference settings).
+        total_steps: optimizer steps of the whole run (the learning-rate schedule's length).
+        val_every: optimizer steps between validations.
+    """
+
+    def __init__(self, model: nn.Module, cfg: ExperimentConfig, total_steps: int, val_every: int):
         super().__init__()
         self.cfg = cfg
-        self.model = build_model(cfg.model.name, **model_kwargs(cfg))
+        self.model = model
         self.loss_fn = make_loss(cfg)
         self.total_steps = total_steps
         self.val_every = val_every
         self._val: dict[str, list] = {}
         self._train_losses: list[float] = []
         self.last_val: dict[str, float] = {}
-        self.train_ds: OcelotDataset | None = None
-
-    # -------------------------------------------------------------------------------- data
-    def _dataset(self, split: str) -> OcelotDataset:
-        d = self.cfg.data
-        if split == "train":
-            manifest = Path(d.manifest_dir) / "subset_manifest.json" if d.manifest_dir else None
-            return OcelotDataset(d.root, "train", crop_size=d.crop_size, transforms=d.preset,
-                                 mask_radius_um=d.mask_radius_um, subset_fraction=d.subset_fraction,
-                                 subset_seed=d.subset_seed, manifest_path=manifest, seed=self.cfg.seed)
-        return OcelotDataset(d.root, split, mask_radius_um=d.mask_radius_um)
-
-    def train_dataloader(self) -> DataLoader:
-        ds = self.train_ds or self._dataset("train")
-        trainer = self.trainer
-        return training_loader(ds, self.cfg, self.total_steps, rank=self.global_rank,
-                               world_size=trainer.world_size, start_batch=getattr(self, "_resume_batches", 0),
-                               progress_fn=lambda: trainer.global_step)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._dataset("val"), batch_size=1, shuffle=False, collate_fn=collate,
-                          num_workers=self.cfg.data.num_workers)
 
     def _kept_checkpoint(self) -> str:
         run_dir = os.environ.get("OCELOT_RUN_DIR")
@@ -101,9 +81,6 @@ class SegmentationModule(pl.LightningModule):
         if last is not None and last.is_file():
             return f"the last good checkpoint is kept ({last})"
         return "no checkpoint had been written yet (lower the learning rate or check the data)"
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._resume_batches = int(checkpoint.get("global_step", 0))
 
     # ------------------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
