@@ -1,6 +1,6 @@
 """OCELOT datasets, subset manifests and batching (the engine's DataModule: :mod:`util.training.data`).
 
-A sample (DESIGN.md) is a dict:
+A sample is a dict:
 
 * ``image``  float32 C×H×W in [0, 1]
 * ``mask``   int64 H×W: 0 no cell, 1 background cell, 2 tumour cell (disks of ``mask_radius_um`` around the
