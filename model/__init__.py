@@ -36,7 +36,7 @@ class ModelArgumentError(TypeError, ValueError):
 #: name -> "module:attribute" of the model class (imported on first use).
 _REGISTRY: dict[str, str] = {
     "unet": "model.unet:UNet",
-    "moment_unet": "model.equivariantUnet:MomentUNet",
+    "moment_unet": "model.moment.unet:MomentUNet",
     "escnn_unet": "model.escnnUnet:EscnnUNet",
 }
 

@@ -1,6 +1,6 @@
-"""Moment U-Net (model/equivariantUnet.py): registry, contract, exact D4 / C4 equivariance.
+"""Moment U-Net (model/moment/unet.py): registry, contract, exact D4 / C4 equivariance.
 
-Equivariance is measured in float32 inside :func:`model.equivariant.exact_arithmetic` (TF32 off on CUDA; on
+Equivariance is measured in float32 inside :func:`model.equivariance.exact_arithmetic` (TF32 off on CUDA; on
 CPU the IEEE GEMM convolution instead of oneDNN, whose fp32 convolution is ~6× noisier and leaves the depth-4
 U-Net's rounding noise right at 1e-5). The model's maths is the same in both paths.
 """
@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from model import build_model, count_parameters, get_model_class
 from model.equivariance import equivariance_error, group_elements
-from model.equivariant import exact_arithmetic
-from model.equivariantUnet import EqUnetVariant, MomentUNet
+from model.equivariance import exact_arithmetic
+from model.moment.unet import EqUnetVariant, MomentUNet
 
 
 def _adam_steps(net, shape, steps=3, seed=1):
@@ -107,7 +107,7 @@ def test_default_moment_unet_c4_rotations_not_reflections():
 
 
 def test_eval_folds_norm_into_conv_and_refreshes():
-    """Eval without gradients folds each FieldBatchNorm into its conv: same outputs as the layer-by-layer path,
+    """Eval without gradients folds each ScalarVectorBatchNorm into its conv: same outputs as the layer-by-layer path,
     and rebuilt after an optimizer step."""
     torch.manual_seed(0)
     net = MomentUNet(width=8, depth=2)
@@ -131,7 +131,7 @@ def test_eval_folds_norm_into_conv_and_refreshes():
 def test_export_is_plain_torch_with_equal_outputs(group):
     """export(): only nn.Conv2d (no moment layers or norms left), outputs equal to the eval model (≤ 1e-5
     relative) after training steps moved the weights and running statistics, and still exactly equivariant."""
-    from model.equivariant import FieldBatchNorm, MomentConv2d
+    from model.moment import MomentConv2d, ScalarVectorBatchNorm
 
     torch.manual_seed(0)
     net = MomentUNet(width=8, depth=2, group=group)
@@ -139,7 +139,7 @@ def test_export_is_plain_torch_with_equal_outputs(group):
     net.eval()
     plain = net.export()
     kinds = {type(m) for m in plain.modules()}
-    assert torch.nn.Conv2d in kinds and MomentConv2d not in kinds and FieldBatchNorm not in kinds
+    assert torch.nn.Conv2d in kinds and MomentConv2d not in kinds and ScalarVectorBatchNorm not in kinds
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ref, out = net(x), plain(x)
