@@ -57,8 +57,6 @@ TIMING_FIELDS = ["arm", "model", "width", "parameters", "macs_per_px", "s_per_st
 def write_timing(study: Study, rows: list[dict[str, Any]]) -> Path:
     """One row per arm (the first point of each): the training s/step timed by ``plan``. The runs' own wall
     times depend on what else shared the machine; this file is the clean compute comparison."""
-    import csv
-    import io
     import time
 
     seen, out = set(), []
@@ -70,13 +68,18 @@ def write_timing(study: Study, rows: list[dict[str, Any]]) -> Path:
         out.append({"arm": r["arm"], "model": r["model"], "width": r["width"], "parameters": r["params"],
                     "macs_per_px": r["MACs/px"], "s_per_step": r["s/step"], "threads": r.get("threads"),
                     "device": r.get("device"), "steps_timed": r.get("steps_timed"), "measured_at": stamp})
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=TIMING_FIELDS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(out)
     path = timing_csv(study)
-    atomic_write(path, buf.getvalue())
+    write_csv(path, TIMING_FIELDS, out, lineterminator="\n")
     return path
+
+
+def write_csv(path: Path, fields: list[str], rows: list[Mapping[str, Any]], lineterminator: str = "\r\n") -> None:
+    """Write ``rows`` (keys outside ``fields`` ignored) under a header, atomically (csv's default line end)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator=lineterminator)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(path, buf.getvalue())
 
 
 @contextmanager
@@ -105,11 +108,7 @@ def upsert_row(path: Path, row: Mapping[str, Any], lock: Path) -> None:
     with file_lock(lock):
         rows = [r for p, r in read_rows(path).items() if p != row["point"]]
         rows.append({k: _cell(row.get(k)) for k in ROW_FIELDS})
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=ROW_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-        atomic_write(path, buf.getvalue())
+        write_csv(path, ROW_FIELDS, rows)
 
 
 def _cell(v: Any) -> Any:
