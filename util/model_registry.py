@@ -4,8 +4,9 @@ model's default ``depth``.
 Until ``model`` is imported, both are read from the source of the ``model`` package (the ``_REGISTRY`` literal in
 ``model/__init__.py`` and the constructor defaults in the module each entry names), so loading a config does not
 import torch. Once ``model`` is imported (torch is loaded then anyway) its live registry answers, which also knows
-models added with ``model.register_model``. A constructor the source cannot answer for (no literal default,
-``**kwargs`` passed to a parent) is asked through ``model.model_keywords``, as before.
+models added with ``model.register_model``. Whatever the source cannot answer (no registry literal, a default that
+is not a literal, ``**kwargs`` passed to a parent) is asked of ``model`` itself (``list_models``,
+``model_keywords``), as before this module existed.
 """
 from __future__ import annotations
 
@@ -27,27 +28,39 @@ def _model_package_dir() -> Path:
 
 
 @lru_cache(maxsize=None)
-def _source_registry() -> dict[str, str]:
-    """``name -> "module:attribute"`` as written in ``model/__init__.py``."""
+def _source_registry() -> dict[str, str] | None:
+    """``name -> "module:attribute"`` as written in ``model/__init__.py``; None when it holds no such literal."""
     path = _model_package_dir() / "__init__.py"
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
         target = node.target if isinstance(node, ast.AnnAssign) else \
             node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
         if isinstance(target, ast.Name) and target.id == "_REGISTRY" and node.value is not None:
-            return dict(ast.literal_eval(node.value))
-    raise ImportError(f"{path}: no _REGISTRY literal found")
+            try:
+                return dict(ast.literal_eval(node.value))
+            except (ValueError, TypeError, SyntaxError):
+                return None
+    return None
+
+
+def _source_file(module: str) -> Path | None:
+    """The file of ``model.<...>`` (a module or a package's ``__init__.py``), without importing it."""
+    parts = module.split(".")
+    if parts[0] != "model":
+        return None
+    base = _model_package_dir().joinpath(*parts[1:])
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
 
 
 @lru_cache(maxsize=None)
 def _source_default(target: str, keyword: str) -> Any:
     """The literal default of ``keyword`` in the ``__init__`` of ``"module:Class"``; ``None`` when the constructor
     has no such keyword, ``_UNKNOWN`` when the source cannot tell (no literal, ``**kwargs``, not a class)."""
-    module, attr = target.split(":")
-    parts = module.split(".")
-    if parts[0] != "model":
-        return _UNKNOWN
-    path = _model_package_dir().joinpath(*parts[1:]).with_suffix(".py")
-    if not path.is_file():
+    module, _, attr = target.partition(":")
+    path = _source_file(module)
+    if path is None:
         return _UNKNOWN
     classes = [n for n in ast.parse(path.read_text(encoding="utf-8")).body
                if isinstance(n, ast.ClassDef) and n.name == attr]
@@ -63,21 +76,25 @@ def _source_default(target: str, keyword: str) -> Any:
         return _UNKNOWN if keyword not in named and args.kwarg is not None else None
     try:
         return ast.literal_eval(defaults[keyword])
-    except ValueError:
+    except (ValueError, TypeError, SyntaxError):
         return _UNKNOWN
 
 
 def model_names() -> list[str]:
     """The names ``model.build_model`` accepts, sorted (``model.list_models()``)."""
-    if "model" in sys.modules:
-        return sys.modules["model"].list_models()
-    return sorted(_source_registry())
+    registry = None if "model" in sys.modules else _source_registry()
+    if registry is None:
+        from model import list_models
+
+        return list_models()
+    return sorted(registry)
 
 
 def default_depth(name: str) -> int | None:
     """The default ``depth`` of model ``name``'s constructor; None when it has none or it is not an int."""
-    if "model" not in sys.modules:
-        value = _source_default(_source_registry()[name], "depth")
+    registry = None if "model" in sys.modules else _source_registry()
+    if registry is not None and isinstance(registry.get(name), str):
+        value = _source_default(registry[name], "depth")
         if value is not _UNKNOWN:
             return value if isinstance(value, int) else None
     from model import model_keywords
