@@ -449,6 +449,7 @@ def _check_resumed(job: TrainJob, thread) -> None:
     assert metrics["steps"] == 24
     assert "restart 0" in log and "restart 1" in log
     assert f"resuming from {run_dir / 'checkpoints' / 'last.ckpt'}" in log
+    assert not list(run_dir.glob("hpc_ckpt_*.ckpt")), "Lightning's own Slurm requeue is off: one pre-emption path"
 
 
 @pytest.mark.slow

@@ -357,9 +357,23 @@ def test_resume_picks_the_most_advanced_checkpoint(tmp_path):
     assert latest_checkpoint(tmp_path) is None
     atomic_torch_save({"global_step": 5, "state_dict": {}}, tmp_path / "checkpoints" / "last.ckpt")
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "last.ckpt"
-    atomic_torch_save({"global_step": 7, "state_dict": {}}, tmp_path / "hpc_ckpt_1.ckpt")  # Slurm pre-emption
-    assert latest_checkpoint(tmp_path) == tmp_path / "hpc_ckpt_1.ckpt"
+    atomic_torch_save({"global_step": 7, "state_dict": {}}, tmp_path / "checkpoints" / "best.ckpt")
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "best.ckpt"  # more steps
     atomic_torch_save({"global_step": 7, "state_dict": {}}, tmp_path / "checkpoints" / "last.ckpt")
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "last.ckpt"  # ties go to last.ckpt
-    (tmp_path / "hpc_ckpt_2.ckpt").write_bytes(b"truncated garbage")
+    (tmp_path / "checkpoints" / "best.ckpt").write_bytes(b"truncated garbage")
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "last.ckpt"
+
+
+def test_lightning_slurm_checkpoints_are_not_read(tmp_path):
+    """One pre-emption path: a stop writes checkpoints/last.ckpt; Lightning's hpc_ckpt_*.ckpt (nothing writes them
+    now: its Slurm auto-requeue is off) is neither resumed nor evaluated, however many steps it holds."""
+    from util.training import latest_checkpoint, weights_checkpoint
+
+    atomic_torch_save({"global_step": 9, "state_dict": {}}, tmp_path / "hpc_ckpt_1.ckpt")
+    assert latest_checkpoint(tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        weights_checkpoint(tmp_path)
+    atomic_torch_save({"global_step": 5, "state_dict": {}}, tmp_path / "checkpoints" / "last.ckpt")
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "last.ckpt"
+    assert weights_checkpoint(tmp_path) == tmp_path / "checkpoints" / "last.ckpt"

@@ -69,7 +69,10 @@ class HistoryCallback(Callback):
 
 
 class StopCheckpoint(Callback):
-    """On SIGTERM (or Slurm's pre-emption warning), save ``last.ckpt`` at the next step boundary and stop."""
+    """On SIGTERM, save ``last.ckpt`` at the next step boundary and stop: the training's one stop mechanism.
+
+    Slurm's time-limit warning reaches the job script, which sends SIGTERM to the training and requeues the job
+    (:mod:`util.cluster.supervise`); a rerun or the requeued job resumes from ``last.ckpt``."""
 
     def __init__(self, last_path: Path):
         self.last_path = last_path
@@ -102,7 +105,8 @@ class FinishValidationOnStop(Callback):
 
     Lightning checks ``trainer.received_sigterm`` after every validation batch and raises ``SIGTERMException``;
     this callback hides the flag while the validation finishes and sets it again at its end (the training
-    loop then stops at once). Slurm's warning comes 120 s before the kill (``--signal=B:USR1@120``).
+    loop then stops at once). Slurm's warning comes 120 s before the kill (``--signal=B:USR1@120``; the job
+    script passes it on as SIGTERM).
     """
 
     def __init__(self, grace_s: float = 60.0):

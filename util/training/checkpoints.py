@@ -54,9 +54,10 @@ def _checkpoint_step(path: Path) -> int:
 
 def resume_candidates(run_dir: Path) -> list[Path]:
     """The full training states a run can resume from, in order of preference on equal steps:
-    ``checkpoints/last.ckpt``, Lightning's Slurm pre-emption ``hpc_ckpt_*.ckpt``, ``checkpoints/best.ckpt``."""
-    return [run_dir / "checkpoints" / "last.ckpt"] + sorted(run_dir.glob("hpc_ckpt_*.ckpt")) + \
-        [run_dir / "checkpoints" / "best.ckpt"]
+    ``checkpoints/last.ckpt`` (what a stop signal writes, :class:`~util.training.callbacks.StopCheckpoint`), then
+    ``checkpoints/best.ckpt``. Lightning's Slurm ``hpc_ckpt_*.ckpt`` files are not read: nothing writes them any
+    more (its auto-requeue is off); rename an old one to ``checkpoints/last.ckpt`` to resume from it."""
+    return [run_dir / "checkpoints" / "last.ckpt", run_dir / "checkpoints" / "best.ckpt"]
 
 
 def pick_checkpoint(paths: Sequence[Path], most_steps: bool = True) -> tuple[Path | None, list[str]]:
@@ -85,8 +86,7 @@ def pick_checkpoint(paths: Sequence[Path], most_steps: bool = True) -> tuple[Pat
 
 def latest_checkpoint(run_dir: Path, report: bool = True) -> Path | None:
     """The checkpoint ``resume=auto`` continues from: the readable full state with the most optimizer steps among
-    ``checkpoints/last.ckpt``, ``hpc_ckpt_*.ckpt`` (Slurm pre-emption) and ``checkpoints/best.ckpt``; ties go in that
-    order. Unreadable ones are skipped, saying so (stderr). When checkpoints exist but none is readable this raises
+    ``checkpoints/last.ckpt`` and ``checkpoints/best.ckpt``; a tie goes to ``last.ckpt``. Unreadable ones are skipped, saying so (stderr). When checkpoints exist but none is readable this raises
     :class:`CheckpointError` instead of returning None, so a rerun never silently starts afresh over a run's history
     (``resume=never`` starts a fresh run folder)."""
     paths = resume_candidates(run_dir)
@@ -103,10 +103,10 @@ def latest_checkpoint(run_dir: Path, report: bool = True) -> Path | None:
 
 
 def weights_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint to evaluate: ``best.ckpt`` when readable, else ``last.ckpt`` (saying why), else the most
-    advanced readable ``hpc_ckpt_*``; :class:`CheckpointError` naming every file when none is usable."""
+    """The checkpoint to evaluate: ``best.ckpt`` when readable, else ``last.ckpt`` (saying why);
+    :class:`CheckpointError` naming every file when none is usable."""
     ck = run_dir / "checkpoints"
-    paths = [ck / "best.ckpt", ck / "last.ckpt"] + sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
+    paths = [ck / "best.ckpt", ck / "last.ckpt"]
     if not any(p.is_file() for p in paths):
         raise FileNotFoundError(f"{run_dir}: no checkpoint (checkpoints/best.ckpt or checkpoints/last.ckpt); "
                                 f"train the run first")

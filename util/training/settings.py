@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from typing import Any
 
@@ -43,7 +42,11 @@ def trainer_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     if _under_slurm():
         from lightning.fabric.plugins.environments import SLURMEnvironment
 
-        plugins.append(SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1))
+        # Slurm's ranks and nodes for DDP, without Lightning's own requeue: passing no environment would give
+        # Lightning's default SLURMEnvironment(auto_requeue=True), whose SIGUSR1 handler writes hpc_ckpt_*.ckpt
+        # and requeues the job. The one pre-emption path is train.sh's (util/cluster/supervise.py): the warning
+        # becomes SIGTERM, StopCheckpoint writes checkpoints/last.ckpt, the job script requeues.
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     multi = n_dev * cfg.num_nodes > 1 or _slurm_tasks() > 1
     strategy = cfg.strategy
     if strategy == "auto" and multi:
