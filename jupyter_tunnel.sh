@@ -33,17 +33,14 @@
 # The token is handed to Jupyter through the environment, never on a command line (`ps` shows those).
 set -euo pipefail
 
-usage() { # the comment block at the top
-    awk 'NR > 8 && !/^#/ { exit } NR > 8 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"
-}
-
 LOCAL=0
+HELP=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --local) LOCAL=1 ;;
         -h | --help)
-            usage
-            exit 0
+            HELP=1
+            break
             ;;
         *)
             echo "jupyter_tunnel.sh: unknown argument '$1' (see --help)" >&2
@@ -61,24 +58,18 @@ else
 fi
 cd "$REPO_DIR"
 
-activate_env() {
-    if [[ -n ${CONDA_ENV:-} ]]; then
-        if ! command -v conda >/dev/null; then
-            echo "jupyter_tunnel.sh: CONDA_ENV is set but conda is not on PATH" >&2
-            exit 1
-        fi
-        # shellcheck disable=SC1091
-        eval "$(conda shell.bash hook)"
-        conda activate "$CONDA_ENV"
-    elif [[ -n ${VENV:-} ]]; then
-        # shellcheck disable=SC1091
-        source "$VENV/bin/activate"
-    elif [[ -f .venv/bin/activate ]]; then
-        # shellcheck disable=SC1091
-        source .venv/bin/activate
-    fi
-}
-activate_env
+if [[ ! -f scripts/activate_env.sh ]]; then
+    echo "jupyter_tunnel.sh: scripts/activate_env.sh not found in $REPO_DIR (submit from the repository root)" >&2
+    exit 2
+fi
+# shellcheck source=scripts/activate_env.sh
+source scripts/activate_env.sh
+if [[ $HELP == 1 ]]; then
+    print_usage "${BASH_SOURCE[0]}"
+    exit 0
+fi
+
+activate_env jupyter_tunnel.sh
 command -v jupyter >/dev/null || {
     echo "jupyter_tunnel.sh: 'jupyter' not found; set CONDA_ENV or VENV (see --help)" >&2
     exit 1
@@ -96,16 +87,9 @@ fi
 USER_NAME=${USER:-$(id -un)}
 LOGIN=${LOGIN_HOST:-<login-host>}
 
-PORT=${JUPYTER_PORT:-$(python - <<'EOF'
-import socket
-s = socket.socket()
-s.bind(("", 0))
-print(s.getsockname()[1])
-s.close()
-EOF
-)}
+PORT=${JUPYTER_PORT:-$(python -m util.cluster free-port)}
 if [[ -z ${JUPYTER_TOKEN:-} ]]; then
-    JUPYTER_TOKEN=$(python -c 'import secrets; print(secrets.token_hex(24))')
+    JUPYTER_TOKEN=$(python -m util.cluster token)
 fi
 export JUPYTER_TOKEN
 
@@ -147,27 +131,8 @@ jupyter lab --no-browser --ip="$BIND_IP" --port="$PORT" --ServerApp.port_retries
     --ServerApp.root_dir="${JUPYTER_ROOT:-$REPO_DIR}" "${EXTRA_ARGS[@]}" &
 JUPYTER_PID=$!
 
-# Wait until the server answers with the token.
-python - "$PORT" "${JUPYTER_START_TIMEOUT:-300}" "$JUPYTER_PID" <<'EOF'
-import os, sys, time, urllib.request
-port, timeout, pid = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
-url = f"http://127.0.0.1:{port}/api/status"
-req = urllib.request.Request(url, headers={"Authorization": "token " + os.environ["JUPYTER_TOKEN"]})
-deadline = time.monotonic() + timeout
-while time.monotonic() < deadline:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        sys.exit("jupyter_tunnel.sh: Jupyter exited before it answered")
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:
-            if r.status == 200:
-                sys.exit(0)
-    except OSError:
-        pass
-    time.sleep(0.5)
-sys.exit(f"jupyter_tunnel.sh: no answer on port {port} after {timeout:.0f} s")
-EOF
+# Wait until the server answers with the token (util/cluster/jupyter.py; exit 1 when it does not).
+python -m util.cluster wait-jupyter "$PORT" "$JUPYTER_PID"
 
 URL="http://localhost:$PORT/lab?token=$JUPYTER_TOKEN"
 SSH_CMD="ssh -N -L $PORT:$NODE:$PORT $USER_NAME@$LOGIN"

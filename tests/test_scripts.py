@@ -20,7 +20,7 @@ import pytest
 from tunnel_helpers import http_status, read_details
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["train.sh", "jupyter_tunnel.sh", "setup.sh", ".ci/run", "tests/slurm_cluster.sh"]
+SCRIPTS = ["train.sh", "jupyter_tunnel.sh", "scripts/activate_env.sh", "setup.sh", ".ci/run", "tests/slurm_cluster.sh"]
 
 
 def _truthy(value: str | None) -> bool:
