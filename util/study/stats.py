@@ -25,8 +25,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from util.metrics import _EPS as OCELOT_EPS
+from util.ocelot.classes import CELL_CLASSES
 
-CLASSES = ("BC", "TC")
+CLASSES = tuple(CELL_CLASSES.values())  #: ("BC", "TC"), in label order
 
 
 def f1_from_counts(counts: np.ndarray) -> np.ndarray:
