@@ -12,7 +12,7 @@ Diagram for ``depth=4``, ``width=32``, ``group="D4"`` (``|G| = 8``; ``f_i`` regu
 Every map between feature fields is equivariant: for an element ``g`` of the group ``G`` acting on the image
 plane and on the fibres by ``ρ(g)``, each layer ``Φ`` satisfies ``Φ(g·x) = g·Φ(x)``, where
 ``(g·x)(p) = ρ_in(g) x(g⁻¹p)``. Convolutions are escnn's ``R2Conv`` with kernels ``K`` in the steerable basis
-(``K(g p) = ρ_out(g) K(p) ρ_in(g)⁻¹``); normalisation is a per-field batch norm (:class:`FieldBatchNorm2d`);
+(``K(g p) = ρ_out(g) K(p) ρ_in(g)⁻¹``); normalisation is a per-field batch norm (:class:`RegularFieldBatchNorm2d`);
 the non-linearity is a point-wise ReLU (it commutes with the permutation matrices of regular fields); down-
 sampling is a point-wise 2×2 max pool (optionally anti-aliased), up-sampling a 1×1 ``R2Conv`` followed by a 2×
 bilinear (or nearest) interpolation (both are linear and act on different axes, so they commute: the 1×1 runs at
@@ -43,233 +43,34 @@ variance-preserving intent at the cost of one filter expansion. ``init="escnn"``
 """
 from __future__ import annotations
 
-import copy
-import math
-import re
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
 from .contract import UNetBase, level_channels, same_padding
-from .field_layers import (
-    AntialiasedMaxPool2d, AntialiasedPool2d, FieldBatchNorm2d, FieldNormPool, FourierReLU, GroupMaxPool, IrrepBatchNorm2d,
+from .escnn_backend import backend as _backend, gspace as _gspace, he_init_, invariant_projector as _invariant_projector
+from .escnn_export import ExportedEscnnUNet, ExportedUp, copy_into as _copy_into
+from .field_layers import (  # noqa: F401  (old names re-exported)
+    AntialiasedMaxPool2d, AntialiasedPool2d, FieldBatchNorm2d, FieldNormPool, FourierReLU, GroupMaxPool,
+    IrrepBatchNorm2d, RegularFieldBatchNorm2d,
 )
-
-from . import escnn_compat as _compat
-
-try:  # apply the escnn fix on import (see model/escnn_compat.py); escnn itself stays optional
-    _compat.patch_escnn()
-except ImportError:  # escnn missing: exported models still work; EscnnUNet(backend="escnn") names the package
-    pass
+from .groups import CONTINUOUS_GROUPS, GROUPS, group_name, group_order, parse_group  # noqa: F401
 
 BACKENDS = ("escnn", "e2cnn")
-#: Groups built and tested (fresh escnn cache, export); any ``CN``/``DN`` with ``N >= 1`` is accepted
-#: (e.g. ``D16``, whose regular fields have 32 channels; its kernel basis takes longer to build).
-#: ``SO2`` (all rotations) and ``O2`` (and flips) use band-limited Fourier fields, on escnn only.
-GROUPS = ("C1", "C2", "C4", "C8", "C16", "D1", "D2", "D4", "D8", "SO2", "O2")
-CONTINUOUS_GROUPS = ("SO2", "O2")
 FIELDS = ("regular", "fourier")
 POOLS = ("max", "antialiased")
 UPSAMPLE_MODES = ("bilinear", "nearest")
-NORMS = ("field", "inner")
+#: The ``norm=`` choices: ``"field"`` (this package's field batch norms) or ``"inner"`` (the library's
+#: ``InnerBatchNorm``, regular fields only; the same maths).
+FIELD_NORMS = ("field", "inner")
+#: Old name.
+NORMS = FIELD_NORMS
 INITS = ("he", "escnn")
-
-
-def parse_group(group: str) -> tuple[str, int]:
-    """``"D4"`` -> ``("D", 4)``: a cyclic (``C``, rotations by ``360°/N``) or dihedral (``D``, also flips) group.
-
-    The continuous groups map to ``N = 0``: ``"SO2"`` -> ``("C", 0)``, ``"O2"`` -> ``("D", 0)``.
-    """
-    name = str(group).strip().upper()
-    if name in CONTINUOUS_GROUPS:
-        return ("C" if name == "SO2" else "D"), 0
-    m = re.fullmatch(r"([CD])(\d+)", name)
-    if m is None or int(m.group(2)) < 1:
-        raise ValueError(
-            f"unknown group {group!r}; supported groups: {', '.join(GROUPS)} (and any CN or DN with N >= 1)"
-        )
-    return m.group(1), int(m.group(2))
-
-
-def group_name(kind: str, n: int) -> str:
-    """Inverse of :func:`parse_group`."""
-    if n == 0:
-        return "SO2" if kind == "C" else "O2"
-    return f"{kind}{n}"
-
-
-def group_order(group: str) -> int:
-    """``|G|``: ``N`` for ``CN``, ``2N`` for ``DN`` (a ValueError for the infinite SO2/O2)."""
-    kind, n = parse_group(group)
-    if n == 0:
-        raise ValueError(f"{group} is infinite: its (Fourier) fields have EscnnUNet.field_size channels")
-    return n if kind == "C" else 2 * n
 
 
 def level_fields(width: float, depth: int, order: int) -> list[int]:
     """Fields per level, ``f_i = max(1, round(width·2^i / d))`` for ``i = 0 … depth``, with ``d`` channels per field
     (``|G|`` for regular fields; ``width`` may be fractional; see :func:`model.contract.level_channels`)."""
     return [c // order for c in level_channels(width, depth, order)]
-
-
-class _PlainFields:
-    """The plain-torch layers of one field kind (``regular`` or ``fourier``), for :class:`ExportedEscnnUNet`."""
-
-    def __init__(self, kind: str, field_size: int, fourier_points: int = 0):
-        self.kind, self.d, self.points = kind, field_size, fourier_points
-
-    def norm(self, fields: int) -> nn.Module:
-        return FieldBatchNorm2d(fields, self.d) if self.kind == "regular" else IrrepBatchNorm2d(fields, self.d)
-
-    def act(self) -> nn.Module:
-        return nn.ReLU(inplace=True) if self.kind == "regular" else FourierReLU(self.d, self.points)
-
-    def pool(self, kind: str, channels: int) -> nn.Module:
-        if self.kind == "fourier":
-            return AntialiasedPool2d(channels, mode="avg")
-        return nn.MaxPool2d(2) if kind == "max" else AntialiasedPool2d(channels, mode="max")
-
-    def invariants(self) -> nn.Module:
-        return GroupMaxPool(self.d) if self.kind == "regular" else FieldNormPool(self.d)
-
-    def two_conv(self, cin: int, cout: int, fields_out: int, k: int) -> nn.Sequential:
-        p = same_padding(k)
-        return nn.Sequential(
-            nn.Conv2d(cin, cout, k, padding=p, bias=False), self.norm(fields_out), self.act(),
-            nn.Conv2d(cout, cout, k, padding=p, bias=False), self.norm(fields_out), self.act(),
-        )
-
-
-class ExportedUp(nn.Module):
-    """Plain-torch up block: ``convs(cat[skip, up(x)])`` with ``up`` = 1×1 conv, then 2× interpolation."""
-
-    def __init__(self, up: nn.Module, convs: nn.Module):
-        super().__init__()
-        self.up, self.convs = up, convs
-
-    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        return self.convs(torch.cat([skip, self.up(x)], dim=1))
-
-
-class ExportedEscnnUNet(UNetBase):
-    """Plain-torch copy of an :class:`EscnnUNet` (from :meth:`EscnnUNet.export`); needs no escnn.
-
-    Build it from ``EscnnUNet.export().config`` (a dict of plain values) and load a saved ``state_dict``::
-
-        net = ExportedEscnnUNet(**config); net.load_state_dict(torch.load(path))
-
-    Shapes: ``(B, in_channels, H, W) -> (B, num_classes, H, W)``; same input checks as every model.
-    """
-
-    def __init__(self, in_channels: int, num_classes: int, depth: int, fields: list[int], field_size: int,
-                 kernel_size: int = 3, pool: str = "max", upsample: str = "bilinear", pad: bool = False,
-                 group: str = "", field_kind: str = "regular", fourier_points: int = 0):
-        super().__init__()
-        self.config = dict(in_channels=in_channels, num_classes=num_classes, depth=depth, fields=list(fields),
-                           field_size=field_size, kernel_size=kernel_size, pool=pool, upsample=upsample, pad=pad,
-                           group=group, field_kind=field_kind, fourier_points=fourier_points)
-        self.in_channels, self.num_classes, self.depth, self.pad, self.group = in_channels, num_classes, depth, pad, group
-        n, k = field_size, kernel_size
-        layers = _PlainFields(field_kind, n, fourier_points)
-        ch = [f * n for f in fields]
-        self.inc = layers.two_conv(in_channels, ch[0], fields[0], k)
-        self.downs = nn.ModuleList(
-            nn.Sequential(layers.pool(pool, ch[i]), layers.two_conv(ch[i], ch[i + 1], fields[i + 1], k))
-            for i in range(depth)
-        )
-        align = False if upsample == "bilinear" else None
-        self.ups = nn.ModuleList(
-            ExportedUp(
-                nn.Sequential(nn.Conv2d(ch[i + 1], ch[i], 1, bias=True),
-                              nn.Upsample(scale_factor=2, mode=upsample, align_corners=align)),
-                layers.two_conv(2 * ch[i], ch[i], fields[i], k),
-            )
-            for i in reversed(range(depth))
-        )
-        self.head = nn.Sequential(layers.invariants(), nn.Conv2d(fields[0], num_classes, 1, bias=True))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Library modules (built per backend, so this file imports without escnn/e2cnn)
-# ----------------------------------------------------------------------------------------------------------------
-_BACKEND_CACHE: dict[str, dict[str, Any]] = {}
-
-
-def _backend(backend: str) -> dict[str, Any]:
-    """Backend namespace: ``gspaces``, ``nn`` and ``TorchOnFields``, the wrapper of a plain-torch field layer
-    (:mod:`model.field_layers`) for the library's GeometricTensors."""
-    if backend not in _BACKEND_CACHE:
-        gspaces, enn = _compat.import_backend(backend)
-
-        class TorchOnFields(enn.EquivariantModule):
-            """A plain-torch layer of :mod:`model.field_layers` on the tensor of a ``GeometricTensor``.
-
-            The layer must be equivariant for ``in_type`` (each field layer says for which fields it is); its
-            exported counterpart is a copy of the layer itself.
-            """
-
-            def __init__(self, in_type, module: nn.Module, stride: int = 1):
-                super().__init__()
-                self.space, self.in_type, self.out_type = in_type.gspace, in_type, in_type
-                self.module, self.stride = module, stride
-
-            def forward(self, input):  # noqa: A002 - escnn's signature
-                assert input.type == self.in_type
-                return enn.GeometricTensor(self.module(input.tensor), self.out_type)
-
-            def evaluate_output_shape(self, input_shape):
-                b, c, *spatial = input_shape
-                return (b, c, *(size // self.stride for size in spatial))
-
-            def export(self) -> nn.Module:
-                return copy.deepcopy(self.module).eval()
-
-        _BACKEND_CACHE[backend] = {"gspaces": gspaces, "nn": enn, "TorchOnFields": TorchOnFields}
-    return _BACKEND_CACHE[backend]
-
-
-def _gspace(backend: str, group: str, max_frequency: int = 3):
-    """The library's gspace of ``group`` acting on the plane (flips mirror left↔right, as model.equivariance)."""
-    kind, n = parse_group(group)
-    gs = _backend(backend)["gspaces"]
-    if n == 0:  # SO2 / O2: kernels and fields band-limited; the kernel basis needs frequencies up to 2L
-        if backend != "escnn":
-            raise ValueError(f"group {group} needs backend='escnn' (e2cnn has no Fourier non-linearity); "
-                             f"got backend={backend!r}")
-        if kind == "C":
-            return gs.rot2dOnR2(-1, maximum_frequency=2 * max_frequency)
-        return gs.flipRot2dOnR2(-1, maximum_frequency=2 * max_frequency, axis=math.pi / 2)
-    if backend == "escnn":
-        return gs.rot2dOnR2(n) if kind == "C" else gs.flipRot2dOnR2(n, axis=math.pi / 2)
-    return gs.Rot2dOnR2(n) if kind == "C" else gs.FlipRot2dOnR2(n, axis=math.pi / 2)
-
-
-def _invariant_projector(rep) -> torch.Tensor:
-    """``P = Q diag(trivial) Qᵀ``: the projector onto the invariant subspace of an escnn representation."""
-    group = rep.group
-    mask = torch.cat([torch.full((group.irrep(*i).size,), float(group.irrep(*i).is_trivial())) for i in rep.irreps])
-    q = torch.as_tensor(rep.change_of_basis, dtype=torch.float64)
-    return (q * mask) @ q.T
-
-
-@torch.no_grad()
-def he_init_(conv: nn.Module, gain: float = 2.0) -> None:
-    """He-style init of an ``R2Conv``'s basis coefficients, from one expansion of the basis.
-
-    Draw ``w ~ N(0, 1)``, expand the filter ``K = Σ_b w_b B_b`` (``C_out × C_in × k × k``) and rescale ``w`` so
-    that ``mean(K²) = gain / fan_in`` with ``fan_in = C_in·k²`` (He et al.: ``Var(K) = 2 / fan_in`` keeps the
-    second moment of ReLU activations constant through depth). escnn's ``generalized_he_init`` aims at the same
-    per-output variance but counts basis elements per irrep pair, which is slow for wide layers.
-    Biases are set to zero.
-    """
-    w = conv.weights
-    w.normal_()
-    kernel, _ = conv.expand_parameters()
-    fan_in = conv.in_type.size * conv.kernel_size**2
-    w.mul_(math.sqrt(gain / fan_in) / kernel.pow(2).mean().sqrt().clamp_min(1e-12))
-    if getattr(conv, "bias", None) is not None:
-        conv.bias.zero_()
 
 
 class EscnnUNet(UNetBase):
@@ -302,7 +103,7 @@ class EscnnUNet(UNetBase):
             Fourier fields only allow ``"antialiased"`` (2×2 mean at stride 1, then the blur: linear, so
             equivariant for any field).
         upsample: ``"bilinear"`` (default) or ``"nearest"`` 2× interpolation after a 1×1 steerable conv.
-        norm: ``"field"`` (:class:`FieldBatchNorm2d` for regular fields, :class:`IrrepBatchNorm2d` for Fourier
+        norm: ``"field"`` (:class:`RegularFieldBatchNorm2d` for regular fields, :class:`IrrepBatchNorm2d` for Fourier
             fields) or ``"inner"`` (regular fields: the library's ``InnerBatchNorm``, the same maths).
         init: ``"he"`` (fast He-style init, see :func:`he_init_`) or ``"escnn"`` (the library's
             ``generalized_he_init``; slow for wide nets).
@@ -336,7 +137,7 @@ class EscnnUNet(UNetBase):
             pool = "max" if grid_exact else "antialiased"
         for name, value, allowed in (("backend", backend, BACKENDS), ("fields", fields, FIELDS),
                                      ("pool", pool, POOLS), ("upsample", upsample, UPSAMPLE_MODES),
-                                     ("norm", norm, NORMS), ("init", init, INITS)):
+                                     ("norm", norm, FIELD_NORMS), ("init", init, INITS)):
             if value not in allowed:
                 raise ValueError(f"EscnnUNet: unknown {name} {value!r}; supported: {', '.join(allowed)}")
         if continuous != (fields == "fourier"):
@@ -416,7 +217,7 @@ class EscnnUNet(UNetBase):
         if self.fields_kind == "fourier":
             return on_fields(ftype, IrrepBatchNorm2d(len(ftype), self.field_size, self._projector))
         if self.norm_kind == "field":
-            return on_fields(ftype, FieldBatchNorm2d(len(ftype), self.field_size))
+            return on_fields(ftype, RegularFieldBatchNorm2d(len(ftype), self.field_size))
         return self._enn.InnerBatchNorm(ftype)
 
     def _act(self, ftype) -> nn.Module:
@@ -498,9 +299,9 @@ class EscnnUNet(UNetBase):
 
     def _mark_derived_buffers(self) -> None:
         for module in self.modules():
-            for name in module._buffers:
+            for name, buf in _own_buffers(module).items():
                 if name not in self._STAT_BUFFERS:
-                    module._non_persistent_buffers_set.add(name)
+                    module.register_buffer(name, buf, persistent=False)
 
     def train(self, mode: bool = True) -> "EscnnUNet":
         """Set train/eval mode; derived buffers stay non-persistent.
@@ -513,14 +314,14 @@ class EscnnUNet(UNetBase):
         if not mode:
             for m in self.modules():
                 if type(m).__name__ == "R2Conv":
-                    for b in ("filter", "expanded_bias"):
-                        if m._buffers.get(b) is not None:
-                            m._buffers[b] = m._buffers[b].detach()
+                    for name, buf in _own_buffers(m).items():
+                        if name in ("filter", "expanded_bias"):
+                            setattr(m, name, buf.detach())
         self._mark_derived_buffers()
         return self
 
     def _derived_keys(self) -> set[str]:
-        keys = {f"{name}.{b}" if name else b for name, m in self.named_modules() for b in m._buffers
+        keys = {f"{name}.{b}" if name else b for name, m in self.named_modules() for b in _own_buffers(m)
                 if b not in self._STAT_BUFFERS}
         keys |= {f"{name}.{b}" for name, m in self.named_modules() if type(m).__name__ == "R2Conv"
                  for b in ("filter", "expanded_bias")}
@@ -534,6 +335,11 @@ class EscnnUNet(UNetBase):
         if not self.training:  # escnn caches the expanded filter in eval mode: rebuild it from the loaded weights
             self.train(True)
             self.train(False)
+
+
+def _own_buffers(module: nn.Module) -> dict[str, Tensor]:
+    """``module``'s own buffers by name (not its children's; a tensor shared with another module included)."""
+    return dict(module.named_buffers(recurse=False, remove_duplicate=False))
 
 
 class _EquivariantUp(nn.Module):
@@ -551,39 +357,6 @@ class _EquivariantUp(nn.Module):
 
     def forward(self, x, skip):
         return self.convs(self._directsum([skip, self.up(x)]))
-
-
-def _copy_into(src: nn.Module, dst: nn.Module) -> None:
-    """Copy the (expanded) weights of the library module ``src`` into its plain-torch counterpart ``dst``."""
-    name = type(src).__name__
-    if name == "SequentialModule":
-        src_children = list(src.children())
-        dst_children = list(dst.children())
-        if len(src_children) != len(dst_children):
-            raise RuntimeError(f"export: {len(src_children)} library modules vs {len(dst_children)} torch modules")
-        for s, d in zip(src_children, dst_children):
-            _copy_into(s, d)
-    elif name == "R2Conv":
-        kernel, bias = src.expand_parameters()
-        dst.weight.copy_(kernel.reshape(dst.weight.shape))
-        if dst.bias is not None:
-            dst.bias.copy_(bias)
-    elif name == "TorchOnFields":  # a model.field_layers module: copy every parameter and buffer
-        dst.load_state_dict({**dict(src.module.named_buffers()), **dict(src.module.named_parameters())})
-    elif name == "InnerBatchNorm":
-        bns = [m for m in src.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if len(bns) != 1:
-            raise RuntimeError(f"export: InnerBatchNorm over mixed fields is not supported ({len(bns)} norms)")
-        bn = bns[0]
-        dst.eps, dst.momentum = bn.eps, bn.momentum
-        dst.load_state_dict({"weight": bn.weight, "bias": bn.bias, "running_mean": bn.running_mean,
-                             "running_var": bn.running_var, "num_batches_tracked": bn.num_batches_tracked})
-    elif name.startswith("PointwiseMaxPoolAntialiased"):
-        dst.filter.copy_(src.filter)
-    elif name in ("ReLU", "PointwiseMaxPool2D", "PointwiseMaxPool", "R2Upsampling", "GroupPooling", "NormPool"):
-        pass  # no state
-    else:
-        raise RuntimeError(f"export: no plain-torch counterpart for {name}")
 
 
 #: Seed name kept so old experiment code keeps working.

@@ -1,6 +1,7 @@
 """The one place where the project adapts escnn / e2cnn to the environment it runs in.
 
-Imported (and :func:`patch_escnn` applied) by :mod:`model.escnnUnet` before any escnn layer is built.
+Imported (and :func:`patch_escnn` applied) by :mod:`model.escnn_backend`, so on import of :mod:`model.escnnUnet`,
+before any escnn layer is built.
 
 1. **scikit-learn's ``randomized_svd`` vs escnn 1.0.11.** escnn computes the null spaces behind its kernel bases
    in ``escnn.group._numerical.null``; whenever scikit-learn is importable it calls
@@ -105,7 +106,7 @@ def patch_e2cnn() -> None:
 def patch_escnn() -> None:
     """Make escnn use its exact SciPy SVD (not scikit-learn's ``randomized_svd``); apply ``ESCNN_CACHE_DIR``.
 
-    Idempotent. Called on import of :mod:`model.escnnUnet` (when escnn is installed) and by
+    Idempotent. Called on import of :mod:`model.escnn_backend` (when escnn is installed) and by
     :func:`import_backend`.
     """
     global _patched
@@ -119,12 +120,6 @@ def patch_escnn() -> None:
     _patched = True
     if CACHE_ENV in os.environ:
         set_cache_dir(os.environ[CACHE_ENV] or None)
-
-
-def sklearn_svd_disabled() -> bool:
-    """True when escnn's null-space routine takes the exact SciPy path (the fix is in place)."""
-    numerical = sys.modules.get("escnn.group._numerical")
-    return numerical is not None and getattr(numerical, "randomized_svd", None) is None
 
 
 def default_cache_dir() -> str:
@@ -174,5 +169,5 @@ def set_cache_dir(path: str | None) -> None:
     _cache_dir = path or ""
 
 
-__all__ = ["CACHE_ENV", "BACKEND_PACKAGES", "import_backend", "patch_escnn", "patch_e2cnn", "sklearn_svd_disabled",
+__all__ = ["CACHE_ENV", "BACKEND_PACKAGES", "import_backend", "patch_escnn", "patch_e2cnn",
            "cache_dir", "default_cache_dir", "set_cache_dir"]

@@ -35,8 +35,8 @@ def _update_running_stats(module: nn.Module, mean: Tensor, var: Tensor, count: i
     module.num_batches_tracked.add_(1)
 
 
-class FieldBatchNorm2d(nn.Module):
-    """Batch norm with statistics and affine shared within each field of ``field_size`` channels.
+class RegularFieldBatchNorm2d(nn.Module):
+    """Batch norm with statistics and affine shared within each field of ``field_size`` channels (regular fields).
 
     Input ``x[B, F·N, H, W]`` holds ``F`` fields of ``N`` channels (regular fields: ``N = |G|``). For field ``f``
     with channels ``c ∈ f``, from per-channel moments ``μ_c, σ²_c`` (over ``B, H, W``)::
@@ -58,6 +58,10 @@ class FieldBatchNorm2d(nn.Module):
         eps: added to the variance.
         momentum: running-statistics momentum (as ``nn.BatchNorm2d``).
         affine: learn ``γ_f, β_f``.
+
+    Shapes: ``(B, F·N, H, W) -> same``. Old name ``FieldBatchNorm2d``. Not
+    :class:`model.moment.norm.ScalarVectorBatchNorm` (old name ``FieldBatchNorm``), which normalises the scalar
+    channels of a moment-kernel feature map one by one and rescales each 2-D vector field by its RMS norm.
     """
 
     def __init__(self, num_fields: int, field_size: int, eps: float = 1e-5, momentum: float = 0.1,
@@ -70,7 +74,7 @@ class FieldBatchNorm2d(nn.Module):
         b, c, h, w = x.shape
         nf, n = self.num_fields, self.field_size
         if c != nf * n:
-            raise ValueError(f"FieldBatchNorm2d: expected {nf}·{n} = {nf * n} channels, got {c}")
+            raise ValueError(f"RegularFieldBatchNorm2d: expected {nf}·{n} = {nf * n} channels, got {c}")
         if self.training and x.is_cuda:
             return self._moments_forward(x)
         # The (B, F, N·H·W) view puts each field on one batch-norm channel: the native kernel computes exactly the
@@ -138,6 +142,8 @@ class AntialiasedPool2d(nn.Module):
 
 #: Old name (max mode).
 AntialiasedMaxPool2d = AntialiasedPool2d
+#: Old name.
+FieldBatchNorm2d = RegularFieldBatchNorm2d
 
 
 class GroupMaxPool(nn.Module):
@@ -261,5 +267,5 @@ class FourierReLU(nn.Module):
         return f"field_size={self.field_size}, samples={self.samples}"
 
 
-__all__ = ["FieldBatchNorm2d", "AntialiasedPool2d", "AntialiasedMaxPool2d", "GroupMaxPool", "FieldNormPool",
+__all__ = ["RegularFieldBatchNorm2d", "FieldBatchNorm2d", "AntialiasedPool2d", "AntialiasedMaxPool2d", "GroupMaxPool", "FieldNormPool",
            "IrrepBatchNorm2d", "FourierReLU"]

@@ -19,7 +19,10 @@ from torch import Tensor, nn
 from .contract import UNetBase, level_channels, same_padding
 
 UPSAMPLE_MODES = ("nearest", "bilinear", "deconv")
-NORMS = ("batch", "instance", "group", "none")
+#: The normalisation layers :func:`make_norm` builds (``norm=`` of :class:`UNet`).
+NORM_LAYERS = ("batch", "instance", "group", "none")
+#: Old name.
+NORMS = NORM_LAYERS
 POOLS = ("max", "avg")
 
 
@@ -33,7 +36,7 @@ def make_norm(norm: str, channels: int) -> nn.Module:
         return nn.GroupNorm(min(8, channels), channels)
     if norm == "none":
         return nn.Identity()
-    raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+    raise ValueError(f"unknown norm {norm!r}; expected one of {NORM_LAYERS}")
 
 
 class TwoConv(nn.Sequential):

@@ -1,4 +1,6 @@
-"""Steerable U-Net on escnn / e2cnn (model/escnnUnet.py, model/escnn_compat.py).
+"""Steerable U-Net on escnn / e2cnn (model/escnnUnet.py): exact and approximate equivariance, errors, registry, init,
+the Fourier-field layers. Export and state dicts: tests/test_model_escnn_export.py; escnn's fix and cache:
+tests/test_model_escnn_compat.py.
 
 escnn builds are slow on a shared CPU, so most tests use small widths/depths; the heavier ones are marked slow.
 """
@@ -6,15 +8,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 pytest.importorskip("escnn")
 pytest.importorskip("e2cnn")
@@ -23,38 +19,10 @@ from model import build_model, count_parameters, width_for_params  # noqa: E402
 from model.equivariance import (  # noqa: E402
     disk_on_canvas, equivariance_error, mean_rotation_errors, smooth_noise,
 )
-from model.escnnUnet import (  # noqa: E402
-    CONTINUOUS_GROUPS, GROUPS, EscnnUNet, FieldBatchNorm2d, escnnUnetVariant, group_order,
-)
+from model.escnnUnet import BACKENDS, EscnnUNet, escnnUnetVariant  # noqa: E402
+from model.groups import group_order  # noqa: E402
 from model.unet import UNet  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-BACKENDS = ("escnn", "e2cnn")
-
-
-def _run_python(code: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-W", "ignore", "-c", textwrap.dedent(code)], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max().detach() / b.abs().max().detach())
-
-
-def _one_field(group: str) -> int:
-    """A width giving one field per level: ``|G|`` for finite groups; any width ≤ a Fourier field's size for SO2/O2."""
-    return 1 if group in CONTINUOUS_GROUPS else group_order(group)
-
-
-def _train_steps(model: torch.nn.Module, x: torch.Tensor, steps: int = 3) -> None:
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    target = torch.randint(0, model.num_classes, (x.shape[0], *x.shape[-2:]), generator=torch.Generator().manual_seed(1))
-    for _ in range(steps):
-        opt.zero_grad()
-        F.cross_entropy(model(x), target).backward()
-        opt.step()
+from tests.test_model_helpers import rel as _rel, run_python as _run_python, train_steps as _train_steps  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ exact equivariance
@@ -103,195 +71,6 @@ def test_continuous_groups_exact_on_the_grid(group: str, grid_group: str) -> Non
     _assert_exact_through_training(model, x, grid_group, group)
     with torch.no_grad():
         assert _rel(model.export()(x), model(x)) <= 1e-5
-
-
-# ------------------------------------------------------------------------------------------------------ export
-@pytest.mark.parametrize("group", GROUPS)
-def test_export_matches_every_group(group: str) -> None:
-    torch.manual_seed(0)
-    model = EscnnUNet(width=_one_field(group), depth=1, group=group, pool="antialiased")
-    x = torch.randn(2, 3, 16, 16)
-    _train_steps(model, x, steps=1)  # non-trivial batch-norm statistics
-    model.eval()
-    exported = model.export()
-    assert not model.training, "export() must leave the model's mode unchanged"
-    assert all(type(m).__module__.split(".")[0] in ("torch", "model") for m in exported.modules())
-    with torch.no_grad():
-        y, y_exp = model(x), exported(x)
-    assert y_exp.shape == (2, 3, 16, 16)
-    assert _rel(y_exp, y) <= 1e-5
-
-
-@pytest.mark.parametrize("norm", ["field", "inner"])
-def test_export_e2cnn_and_inner_batchnorm(norm: str) -> None:
-    torch.manual_seed(0)
-    for backend in BACKENDS:
-        model = EscnnUNet(width=8, depth=1, group="D4", backend=backend, norm=norm)
-        x = torch.randn(2, 3, 16, 16)
-        _train_steps(model, x, steps=1)
-        model.eval()
-        with torch.no_grad():
-            assert _rel(model.export()(x), model(x)) <= 1e-5
-
-
-def test_field_batchnorm_is_inner_batchnorm() -> None:
-    """FieldBatchNorm2d computes escnn's InnerBatchNorm (outputs and running statistics)."""
-    from escnn import gspaces, nn as enn
-
-    gspace = gspaces.flipRot2dOnR2(4)
-    ftype = enn.FieldType(gspace, [gspace.regular_repr] * 3)
-    inner = enn.InnerBatchNorm(ftype)
-    ours = FieldBatchNorm2d(3, 8)
-    x = torch.randn(4, 24, 9, 7) * 3 + torch.arange(24.0).view(1, 24, 1, 1)
-    for _ in range(2):
-        y_inner = inner(enn.GeometricTensor(x, ftype)).tensor
-        y_ours = ours(x)
-        assert _rel(y_ours, y_inner) <= 1e-5
-    bn = inner.batch_norm_modules[0] if hasattr(inner, "batch_norm_modules") else \
-        [m for m in inner.modules() if isinstance(m, torch.nn.BatchNorm3d)][0]
-    assert torch.allclose(ours.running_mean, bn.running_mean, rtol=1e-5, atol=1e-6)
-    assert torch.allclose(ours.running_var, bn.running_var, rtol=1e-5, atol=1e-6)
-    inner.eval(), ours.eval()
-    assert _rel(ours(x), inner(enn.GeometricTensor(x, ftype)).tensor) <= 1e-5
-
-
-def test_field_batchnorm_kernels_agree() -> None:
-    """The native-kernel path (CPU, eval) and the per-channel-moments path (GPU training) give the same outputs,
-    input and affine gradients, and running statistics."""
-    torch.manual_seed(0)
-    x = (torch.randn(2, 24, 11, 6) * 2 + torch.arange(24.0).view(1, 24, 1, 1)).requires_grad_()
-    g = torch.randn(2, 24, 11, 6)
-    native, moments = FieldBatchNorm2d(3, 8), FieldBatchNorm2d(3, 8)
-    with torch.no_grad():
-        for bn in (native, moments):
-            bn.weight.copy_(torch.tensor([0.5, 1.0, 2.0]))
-            bn.bias.copy_(torch.tensor([-1.0, 0.0, 1.0]))
-    results = []
-    for bn, run in ((native, native), (moments, moments._moments_forward)):
-        x.grad = None
-        y = run(x)
-        y.backward(g)
-        results.append((y.detach(), x.grad.clone(), bn.weight.grad.clone(), bn.bias.grad.clone()))
-    for a, b in zip(*results):
-        assert _rel(a, b) <= 1e-5
-    for name in ("running_mean", "running_var", "num_batches_tracked"):
-        assert torch.allclose(getattr(native, name).float(), getattr(moments, name).float(), rtol=1e-5, atol=1e-6), name
-
-
-# ----------------------------------------------------------------------- escnn's SVD fix, in a fresh disk cache
-@pytest.mark.slow
-def test_every_group_builds_in_a_fresh_escnn_cache(tmp_path: Path) -> None:
-    """With escnn's disk cache pointed at an empty folder (a warm cache would hide the scikit-learn failure)."""
-    cache = tmp_path / "escnn_cache"
-    result = _run_python(f"""
-        import torch
-        from model.escnnUnet import EscnnUNet, GROUPS, CONTINUOUS_GROUPS, group_order
-        from model import escnn_compat
-        assert escnn_compat.cache_dir() == {str(cache)!r}, escnn_compat.cache_dir()
-        assert escnn_compat.sklearn_svd_disabled()
-        for g in GROUPS:
-            m = EscnnUNet(width=1 if g in CONTINUOUS_GROUPS else group_order(g), depth=1, group=g).eval()
-            assert m(torch.randn(1, 3, 8, 8)).shape == (1, 3, 8, 8)
-        print("OK")
-    """, env={"ESCNN_CACHE_DIR": str(cache)})
-    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
-    assert any(p.is_file() for p in cache.rglob("output.pkl")), "escnn wrote nothing to the fresh cache folder"
-
-
-def test_without_the_fix_a_fresh_cache_fails(tmp_path: Path) -> None:
-    """Control: escnn's scikit-learn path in a fresh cache raises the np.matrix TypeError the fix avoids."""
-    result = _run_python(f"""
-        import escnn.group._numerical as numerical
-        original = numerical.randomized_svd
-        from model import escnn_compat
-        escnn_compat.patch_escnn()
-        escnn_compat.set_cache_dir({str(tmp_path / "cache")!r})
-        numerical.randomized_svd = original  # undo the fix
-        from escnn import gspaces, nn as enn
-        g = gspaces.flipRot2dOnR2(4)
-        t = enn.FieldType(g, [g.regular_repr])
-        try:
-            enn.R2Conv(t, t, 3)
-            print("BUILT")
-        except TypeError as err:
-            print("TYPEERROR", err)
-    """)
-    assert result.returncode == 0, result.stderr[-3000:]
-    if "BUILT" in result.stdout:
-        pytest.skip("this scikit-learn accepts np.matrix in randomized_svd; the fix is harmless but not needed")
-    assert "np.matrix" in result.stdout
-
-
-# ------------------------------------------------------------------------------------------ state dict & loading
-def test_state_dict_loads_in_a_fresh_process_and_export_without_escnn(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = EscnnUNet(width=16, depth=2, group="D4")
-    x = torch.randn(2, 3, 32, 32)
-    _train_steps(model, x, steps=1)
-    model.eval()
-    with torch.no_grad():
-        y = model(x)
-    exported = model.export()
-    sd = model.state_dict()
-    assert not any(k.endswith((".filter", "sampled_basis")) for k in sd), "derived escnn buffers leaked into state_dict"
-    torch.save({"sd": sd, "x": x, "y": y, "exp_sd": exported.state_dict(), "config": exported.config},
-               tmp_path / "ckpt.pt")
-    result = _run_python(f"""
-        import torch
-        from model.escnnUnet import EscnnUNet
-        d = torch.load({str(tmp_path / "ckpt.pt")!r})
-        torch.manual_seed(123)
-        m = EscnnUNet(width=16, depth=2, group="D4")
-        m.load_state_dict(d["sd"])
-        m.eval()
-        with torch.no_grad():
-            print("MAXDIFF", float((m(d["x"]) - d["y"]).abs().max()))
-    """)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert float(result.stdout.split("MAXDIFF")[1]) == 0.0
-    # the exported model: no escnn / e2cnn importable in that process
-    result = _run_python(f"""
-        import sys
-        sys.modules["escnn"] = None; sys.modules["e2cnn"] = None  # importing them now raises ImportError
-        import torch
-        from model.escnnUnet import ExportedEscnnUNet
-        d = torch.load({str(tmp_path / "ckpt.pt")!r})
-        net = ExportedEscnnUNet(**d["config"]); net.load_state_dict(d["exp_sd"]); net.eval()
-        with torch.no_grad():
-            y = net(d["x"])
-        print("REL", float((y - d["y"]).abs().max() / d["y"].abs().max()))
-        print("ESCNN", any(k.startswith("escnn") and sys.modules[k] is not None for k in sys.modules))
-    """)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert float(result.stdout.split("REL")[1].split()[0]) <= 1e-5
-    assert "ESCNN False" in result.stdout
-
-
-def test_state_dict_modes_round_trip() -> None:
-    """escnn's eval-mode filter cache does not leak: state_dicts load across modes, also as a submodule."""
-    torch.manual_seed(0)
-    a = EscnnUNet(width=8, depth=1, group="D4")
-    b = EscnnUNet(width=8, depth=1, group="D4").eval()
-    b.load_state_dict(a.state_dict())  # train-mode dict into an eval-mode model (its cached filter is rebuilt)
-    a.eval()
-    x = torch.randn(1, 3, 8, 8)
-    with torch.no_grad():
-        assert torch.equal(a(x), b(x))
-    # nested (as in a LightningModule): an eval-mode dict, with escnn's filter cache, into a train-mode wrapper
-    wrapper = torch.nn.Sequential(EscnnUNet(width=8, depth=1, group="D4"))
-    wrapper.load_state_dict(torch.nn.Sequential(a).state_dict())
-    wrapper.eval()
-    with torch.no_grad():
-        assert torch.equal(wrapper(x), a(x))
-    import copy
-
-    c = copy.deepcopy(a)  # eval mode: escnn's cached filters are detached, so the model can be copied
-    with torch.no_grad():
-        assert torch.equal(c(x), a(x))
-    stale = {**a.state_dict(), "inc.0.filter": torch.zeros(1)}  # stale derived buffers are ignored
-    b.load_state_dict(stale)
-    with pytest.raises(RuntimeError, match="Missing key"):
-        b.load_state_dict({})
 
 
 # --------------------------------------------------------------------------------------------- errors & contract
@@ -420,7 +199,8 @@ def test_irrep_batchnorm_and_fourier_relu_are_equivariant_for_every_angle() -> N
     running statistics alike), and FourierReLU computes escnn's FourierPointwise."""
     from escnn import gspaces, nn as enn
 
-    from model.escnnUnet import FourierReLU, IrrepBatchNorm2d, _invariant_projector
+    from model.escnn_backend import invariant_projector as _invariant_projector
+    from model.field_layers import FourierReLU, IrrepBatchNorm2d
 
     gspace = gspaces.rot2dOnR2(-1, maximum_frequency=6)
     group = gspace.fibergroup
