@@ -258,7 +258,7 @@ def load_run(run_or_checkpoint: str | Path) -> LoadedRun:
                              f"got a {p.suffix or 'plain'} file")
         ckpt, run_dir = p, p.parent.parent
         if ckpt.parent.name != "checkpoints" and not (run_dir / "config.yaml").is_file():
-            run_dir = p.parent  # hpc_ckpt_*.ckpt lies in the run folder itself
+            run_dir = p.parent  # a checkpoint copied into the run folder itself
     else:
         run_dir = p
         ckpt = None
