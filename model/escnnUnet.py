@@ -32,8 +32,10 @@ O2 at frequency ≤ 3), a sampled ReLU (:class:`FourierReLU` with escnn's ``Four
 pooling and field norms as invariants. Exact on the grid for 90° rotations and flips, and much closer to
 equivariant at other angles than the finite groups.
 
-Both backends build the same network; ``export()`` gives a :class:`ExportedEscnnUNet`, plain ``torch.nn`` layers
-with the expanded filters, equal outputs, no escnn needed to run it or to load its ``state_dict``.
+Both backends build the same network; ``export()`` gives a :class:`ExportedEscnnUNet` (:mod:`model.escnn_export`),
+plain ``torch.nn`` layers with the expanded filters, equal outputs, no escnn needed to run it or to load its
+``state_dict``. What talks to the library (its namespace, gspaces, the wrapper of plain-torch field layers, the
+He init) is in :mod:`model.escnn_backend`; group names are parsed by :mod:`model.groups`.
 
 Build time: escnn computes kernel bases when a layer is built (cached in memory per process and partly on disk,
 see :mod:`model.escnn_compat`). escnn's default weight initialisation (``generalized_he_init``) is slow for wide
@@ -48,7 +50,7 @@ from torch import Tensor, nn
 
 from .contract import UNetBase, level_channels, same_padding
 from .escnn_backend import backend as _backend, gspace as _gspace, he_init_, invariant_projector as _invariant_projector
-from .escnn_export import ExportedEscnnUNet, ExportedUp, copy_into as _copy_into
+from .escnn_export import ExportedEscnnUNet, ExportedUp, copy_into as _copy_into  # noqa: F401  (ExportedUp: old name)
 from .field_layers import (  # noqa: F401  (old names re-exported)
     AntialiasedMaxPool2d, AntialiasedPool2d, FieldBatchNorm2d, FieldNormPool, FourierReLU, GroupMaxPool,
     IrrepBatchNorm2d, RegularFieldBatchNorm2d,
@@ -59,7 +61,7 @@ BACKENDS = ("escnn", "e2cnn")
 FIELDS = ("regular", "fourier")
 POOLS = ("max", "antialiased")
 UPSAMPLE_MODES = ("bilinear", "nearest")
-#: The ``norm=`` choices: ``"field"`` (this package's field batch norms) or ``"inner"`` (the library's
+#: The ``norm=`` choices: ``"field"`` (the batch norms of :mod:`model.field_layers`) or ``"inner"`` (the library's
 #: ``InnerBatchNorm``, regular fields only; the same maths).
 FIELD_NORMS = ("field", "inner")
 #: Old name.
@@ -362,6 +364,7 @@ class _EquivariantUp(nn.Module):
 #: Seed name kept so old experiment code keeps working.
 escnnUnetVariant = EscnnUNet
 
-__all__ = ["EscnnUNet", "escnnUnetVariant", "ExportedEscnnUNet", "FieldBatchNorm2d", "AntialiasedMaxPool2d",
-           "AntialiasedPool2d", "GroupMaxPool", "FieldNormPool", "IrrepBatchNorm2d", "FourierReLU", "he_init_",
-           "parse_group", "group_name", "group_order", "level_fields", "BACKENDS", "GROUPS", "CONTINUOUS_GROUPS"]
+__all__ = ["EscnnUNet", "escnnUnetVariant", "ExportedEscnnUNet", "RegularFieldBatchNorm2d", "FieldBatchNorm2d",
+           "AntialiasedMaxPool2d", "AntialiasedPool2d", "GroupMaxPool", "FieldNormPool", "IrrepBatchNorm2d",
+           "FourierReLU", "he_init_", "parse_group", "group_name", "group_order", "level_fields", "BACKENDS", "GROUPS",
+           "CONTINUOUS_GROUPS", "FIELD_NORMS"]
