@@ -87,7 +87,7 @@ def predict_images(run: str | Path, inputs: Iterable[str | Path] | str | Path, m
     """
     from tqdm.auto import tqdm
 
-    from util.training import _inference_kwargs, load_run
+    from util.training import inference_kwargs, load_run
 
     def report(msg: str) -> None:
         if log is not None:
@@ -103,7 +103,7 @@ def predict_images(run: str | Path, inputs: Iterable[str | Path] | str | Path, m
         raise PredictError(f"{loaded.run_dir}: detection.threshold is 'auto' but metrics.json holds no chosen "
                            f"threshold (the run has not finished); pass one, e.g. --threshold 0.5")
     class_thresholds(thr)
-    kwargs = _inference_kwargs(loaded.cfg, tta) | dict(inference or {})
+    kwargs = inference_kwargs(loaded.cfg, tta) | dict(inference or {})
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = loaded.model.to(dev).eval()
 

@@ -18,7 +18,7 @@ of batches consumed, so a run stopped anywhere (SIGTERM, Slurm pre-emption) and 
 continues with exactly the batches an uninterrupted run would have seen. Checkpoints are written atomically
 (temporary file, fsync, ``os.replace``) and loaded with ``torch.load(weights_only=True)``.
 
-The package, one job a module (every name is re-exported here, so ``from util.training import X`` keeps working):
+The package, one job a module (the public names are re-exported here: ``from util.training import X``):
 
 =================  ==========================================================================================
 ``data``           :class:`OcelotDataModule`: the resumable, seeded training stream and the val patches
@@ -31,24 +31,23 @@ The package, one job a module (every name is re-exported here, so ``from util.tr
 ``evaluation``     test sets and transformed copies, threshold choice, equivariance error, :func:`evaluate`
 =================  ==========================================================================================
 """
-from util.training.callbacks import (HistoryCallback, StopCheckpoint, FinishValidationOnStop, LastCheckpoint,
-                                     PrintProgress)  # noqa: F401
-from util.training.checkpoints import (AtomicCheckpointIO, atomic_torch_save, load_checkpoint,
-                                       CheckpointError, _checkpoint_step, resume_candidates, pick_checkpoint,
-                                       latest_checkpoint, weights_checkpoint, _maybe)  # noqa: F401
-from util.training.data import (OcelotDataModule, ResumableSampler, SeededItems, ResumableLoader, training_loader,
-                                steps_per_epoch)  # noqa: F401
-from util.training.evaluation import (load_model_from_checkpoint, _TRANSFORM_ELEMENTS, evaluate_model,
-                                      per_image_counts, choose_detection, trained_equivariance_error, LoadedRun,
-                                      load_run, evaluate, predict, format_metrics_table)  # noqa: F401
-from util.training.fit import train, _train, _finalize_loggers, _run_summary  # noqa: F401
-from util.training.module import (NUM_CLASSES, NonFiniteLossError, make_loss, model_kwargs,
-                                  SegmentationModule, _CosineWarmup, _inference_kwargs, detect,
-                                  _validation_threshold)  # noqa: F401
-from util.ocelot import write_points_json, read_points_json  # noqa: F401
-from util.training.runs import (RunResult, resolve_run_dir, git_commit, environment_info, FAILED_FILE, _mark_failed,
-                                _prepare_run_dir, _json_clean)  # noqa: F401
-from util.training.settings import _under_slurm, _slurm_tasks, trainer_settings, _world_size, _env_rank  # noqa: F401
+from util.training.callbacks import (FinishValidationOnStop, HistoryCallback, LastCheckpoint, PrintProgress,
+                                     StopCheckpoint)
+from util.training.checkpoints import (AtomicCheckpointIO, CheckpointError, atomic_torch_save, latest_checkpoint,
+                                       load_checkpoint, pick_checkpoint, resume_candidates, weights_checkpoint)
+from util.training.data import (OcelotDataModule, ResumableLoader, ResumableSampler, SeededItems, steps_per_epoch,
+                                training_loader)
+from util.training.evaluation import (LoadedRun, choose_detection, evaluate, evaluate_model, format_metrics_table,
+                                      load_model_from_checkpoint, load_run, per_image_counts, predict,
+                                      trained_equivariance_error)
+from util.training.fit import train
+from util.training.module import (NUM_CLASSES, NonFiniteLossError, SegmentationModule, detect, inference_kwargs,
+                                  make_loss, model_kwargs)
+from util.ocelot import read_points_json, write_points_json
+from util.training.runs import FAILED_FILE, RunResult, environment_info, git_commit, resolve_run_dir
+from util.training.settings import trainer_settings
+
+_inference_kwargs = inference_kwargs  # old private name, used by notebooks and scripts written before the split
 
 __all__ = ["train", "evaluate", "predict", "load_run", "LoadedRun", "choose_detection", "per_image_counts", "RunResult", "SegmentationModule", "OcelotDataModule",
            "ResumableSampler",

@@ -22,7 +22,7 @@ from util.files import atomic_write
 from util.metrics import CLASS_NAMES, SegmentationAccumulator, cell_detection_scores, cutoff_px
 from util.ocelot import write_points_json
 from util.training.checkpoints import load_checkpoint, weights_checkpoint
-from util.training.module import NUM_CLASSES, _inference_kwargs, detect, model_kwargs
+from util.training.module import NUM_CLASSES, inference_kwargs, detect, model_kwargs
 from util.training.runs import _json_clean
 
 
@@ -86,7 +86,7 @@ def evaluate_model(model: nn.Module, cfg: ExperimentConfig, split: str = "test",
     acc = {k: {"pred": [], "gt": [], "cutoff": [], "seg": SegmentationAccumulator(NUM_CLASSES), "wall": 0.0}
            for k in variants}
     ids, mpps = [], []
-    infer = _inference_kwargs(cfg, tta)
+    infer = inference_kwargs(cfg, tta)
     t0 = time.perf_counter()
     bar = tqdm(total=len(ds) * len(variants), desc=f"evaluate {split}", unit="img", disable=not progress,
                mininterval=2.0, file=sys.stderr, dynamic_ncols=True)
@@ -183,7 +183,7 @@ def choose_detection(model: nn.Module, cfg: ExperimentConfig, split: str = "val"
                   mininterval=2.0, file=sys.stderr, dynamic_ncols=True):
         s = ds[i]
         mpp = float(s["mpp"])
-        probs = probabilities(model, s["image"], mpp, None, **_inference_kwargs(cfg, cfg.tta))
+        probs = probabilities(model, s["image"], mpp, None, **inference_kwargs(cfg, cfg.tta))
         for m in distances:
             cells[m].append(detect(probs, mpp, cfg, threshold=low, min_distance_um=m))
         gts.append(s["points"].numpy())
@@ -348,7 +348,7 @@ def predict(run_or_checkpoint: str | Path, images: Sequence[Tensor | np.ndarray]
         t = torch.as_tensor(img)
         if t.dtype == torch.uint8:
             t = t.permute(2, 0, 1).float() / 255.0
-        probs = probabilities(run.model, t.float(), m, run.model_mpp, **_inference_kwargs(run.cfg, tta))
+        probs = probabilities(run.model, t.float(), m, run.model_mpp, **inference_kwargs(run.cfg, tta))
         out.append(detect(probs, m, run.cfg, threshold=run.threshold, min_distance_um=run.min_distance_um))
     return out
 

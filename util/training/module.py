@@ -103,7 +103,7 @@ class SegmentationModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = predict_logits(self.model, batch["image"], **_inference_kwargs(self.cfg))
+        logits = predict_logits(self.model, batch["image"], **inference_kwargs(self.cfg))
         loss = self.loss_fn(logits, batch["mask"].unsqueeze(1))
         probs = logits.softmax(1)
         v = self._val
@@ -175,7 +175,8 @@ class _CosineWarmup:
 
 
 
-def _inference_kwargs(cfg: ExperimentConfig, tta: bool | None = None) -> dict[str, Any]:
+def inference_kwargs(cfg: ExperimentConfig, tta: bool | None = None) -> dict[str, Any]:
+    """The keyword arguments of :func:`util.inference.predict_logits` from the config's ``inference`` section."""
     i = cfg.inference
     return {"tile_size": i.tile_size, "overlap": i.overlap, "blend": i.blend, "sw_batch_size": i.sw_batch_size,
             "tta": cfg.tta if tta is None else tta}
@@ -195,3 +196,6 @@ def _validation_threshold(cfg: ExperimentConfig) -> Threshold:
     (the sweep then keeps cells above each grid value; see :mod:`util.cells`)."""
     d = cfg.detection
     return min(d.threshold_grid) if d.threshold == "auto" else d.threshold
+
+
+_inference_kwargs = inference_kwargs  # old private name
