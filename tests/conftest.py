@@ -35,3 +35,12 @@ def shared_data_dir() -> Path:
 def real_datasets(shared: Path) -> list[Path]:
     """The OCELOT-layout data sets (folders with metadata.json) under ``shared``."""
     return sorted(p for p in shared.iterdir() if (p / "metadata.json").is_file())
+
+
+@pytest.fixture(scope="session")
+def slurm_conf():
+    """The real single-node test cluster (``tests/slurm_cluster.sh``): started or reused, ``SLURM_CONF``
+    exported; yields the path of its ``slurm.conf`` (see :func:`slurm_helpers.start_test_cluster`)."""
+    from slurm_helpers import start_test_cluster
+
+    yield from start_test_cluster()

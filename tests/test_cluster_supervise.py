@@ -1,7 +1,7 @@
 """util.cluster.supervise (``python -m util.cluster run``): train.sh's job and its one pre-emption path.
 
 A fake papermill (a process that starts a "kernel" child and exits 1 when it fails) and a fake ``scontrol`` on
-PATH stand in for the real ones; the real thing under Slurm is tested in tests/test_slurm.py.
+PATH stand in for the real ones; the real thing under Slurm is tested in tests/test_slurm_training.py.
 """
 from __future__ import annotations
 
