@@ -75,18 +75,23 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int, int, int]]:
-    """Pad ``x`` (B, C, H, W) symmetrically (replicate) so H and W are multiples of ``multiple``.
-
-    Returns the padded tensor and the padding ``(left, right, top, bottom)`` for :func:`crop_padding`.
-    When the total padding on an axis is odd, the extra pixel goes right/bottom.
-    """
-    h, w = x.shape[-2:]
+def padding_to_multiple(h: int, w: int, multiple: int) -> tuple[int, int, int, int]:
+    """``(left, right, top, bottom)`` that bring ``h × w`` to multiples of ``multiple``, split symmetrically
+    (an odd extra pixel goes right/bottom)."""
     ph, pw = _round_up(h, multiple) - h, _round_up(w, multiple) - w
-    padding = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
-    if ph == 0 and pw == 0:
+    return pw // 2, pw - pw // 2, ph // 2, ph - ph // 2
+
+
+def pad_to_multiple(x: Tensor, multiple: int, mode: str = "replicate") -> tuple[Tensor, tuple[int, int, int, int]]:
+    """Pad ``x`` (B, C, H, W) symmetrically so H and W are multiples of ``multiple``.
+
+    ``mode``: ``F.pad``'s mode (``"replicate"``, ``"reflect"``, ...). Returns the padded tensor (``x`` itself
+    when no padding is needed) and the padding ``(left, right, top, bottom)`` for :func:`crop_padding`.
+    """
+    padding = padding_to_multiple(x.shape[-2], x.shape[-1], multiple)
+    if not any(padding):
         return x, padding
-    return F.pad(x, padding, mode="replicate"), padding
+    return F.pad(x, padding, mode=mode), padding
 
 
 def crop_padding(y: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
@@ -175,4 +180,4 @@ class UNetBase(ContractMixin, nn.Module):
         return self.unwrap_output(self.head(y))
 
 
-__all__ = ["check_input", "pad_to_multiple", "crop_padding", "ContractMixin", "same_padding", "level_channels", "UNetBase"]
+__all__ = ["check_input", "padding_to_multiple", "pad_to_multiple", "crop_padding", "ContractMixin", "same_padding", "level_channels", "UNetBase"]

@@ -23,10 +23,10 @@ import math
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.equivariance import GroupElement, act, act_inverse, group_elements
+from model.contract import pad_to_multiple, padding_to_multiple
 
 BLENDS = ("valid", "gaussian", "constant")
 _RADIUS_CACHE: dict[int, int] = {}
@@ -38,25 +38,13 @@ def size_multiple(model: nn.Module) -> int:
     return 2 ** int(depth) if depth is not None else 1
 
 
-def symmetric_padding(h: int, w: int, multiple: int) -> tuple[int, int, int, int]:
-    """``(left, right, top, bottom)`` that bring ``h × w`` to multiples of ``multiple`` (odd extra: right/bottom)."""
-    ph, pw = (-h) % multiple, (-w) % multiple
-    return pw // 2, pw - pw // 2, ph // 2, ph - ph // 2
-
-
-def pad_to_multiple(x: Tensor, multiple: int, mode: str) -> tuple[Tensor, tuple[int, int, int, int]]:
-    """``x`` (..., H, W) padded by :func:`symmetric_padding` with ``F.pad``'s ``mode`` (``"reflect"``,
-    ``"replicate"``, ...), and the padding; ``x`` itself when it needs none."""
-    pad = symmetric_padding(x.shape[-2], x.shape[-1], multiple)
-    if not any(pad):
-        return x, pad
-    return F.pad(x, pad, mode=mode), pad
+symmetric_padding = padding_to_multiple  #: the one padding rule, :mod:`model.contract`'s
 
 
 def _pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int, int, int]]:
     """Reflect padding to a multiple where the image is large enough to mirror, else replicate."""
     h, w = x.shape[-2:]
-    mode = "reflect" if min(h, w) > max(symmetric_padding(h, w, multiple)) else "replicate"
+    mode = "reflect" if min(h, w) > max(padding_to_multiple(h, w, multiple)) else "replicate"
     return pad_to_multiple(x, multiple, mode)
 
 
