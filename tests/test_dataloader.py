@@ -200,3 +200,25 @@ def test_crop_and_augmentation_keep_points_on_their_cells(tiny_ocelot_root: Path
             assert d <= 1.0, f"{preset}: a drawn cell at {centre[::-1]} has no point within 1 px (nearest {d:.2f})"
             checked += 1
     assert checked >= 60
+
+
+def test_datamodule_and_injected_model_train_with_a_plain_trainer(tiny_ocelot_root: Path) -> None:
+    """The README's "model of your own" recipe: any net injected into SegmentationModule, data from the DataModule."""
+    import lightning.pytorch as pl
+
+    from model import build_model
+    from util.training import SegmentationModule
+
+    cfg = _config(tiny_ocelot_root, 0, crop_size=64, batch_size=2)
+    data = OcelotDataModule(cfg)
+    net = build_model("unet", width=4, depth=3)
+    before = [p.detach().clone() for p in net.parameters()]
+    module = SegmentationModule(net, cfg, data.total_steps, data.val_every)
+    assert module.model is net
+    trainer = pl.Trainer(max_steps=data.total_steps, val_check_interval=data.val_every, check_val_every_n_epoch=None,
+                         use_distributed_sampler=False, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 4
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))  # the injected net was trained
+    assert 0.0 <= module.last_val["val/mF1"] <= 1.0
