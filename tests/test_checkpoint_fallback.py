@@ -146,3 +146,18 @@ def test_checkpoint_of_another_model_is_reported_as_a_mismatch(tiny_ocelot_root,
     # a YAML file given instead of a run folder is named as such
     assert evaluate_main([str(res.run_dir / "config.yaml")]) == 1
     assert "expected a run folder" in capsys.readouterr().err
+
+
+def test_a_lone_old_hpc_checkpoint_is_refused_not_silently_resumed(tiny_ocelot_root, tmp_path):
+    """Lightning resumes from ``hpc_ckpt_*.ckpt`` on its own under Slurm; the engine has one resume path
+    (``last.ckpt``/``best.ckpt``), so a folder whose only state is such a file is refused with the way out."""
+    from util.training import atomic_torch_save, resolve_run_dir
+
+    cfg = tiny(tiny_ocelot_root, tmp_path, "max_steps=2")
+    run_dir = resolve_run_dir(cfg)
+    run_dir.mkdir(parents=True)
+    atomic_torch_save({"global_step": 1, "state_dict": {}}, run_dir / "hpc_ckpt_3.ckpt")
+    before = snapshot(run_dir)
+    with pytest.raises(CheckpointError, match=r"hpc_ckpt_3\.ckpt.*Rename it to .*last\.ckpt"):
+        train(cfg, quiet=True)
+    assert snapshot(run_dir) == before

@@ -77,6 +77,11 @@ def _train(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> RunResult:
                 raise CheckpointError(f"{run_dir}: history.csv holds {rows} validation(s) but there is no "
                                       f"checkpoint to resume from; nothing was changed. Pass resume=never to train "
                                       f"afresh in a new run folder")
+        stale = sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
+        if found is None and stale:  # Lightning would resume from it silently under Slurm, elsewhere not at all
+            raise CheckpointError(f"{run_dir}: {stale[-1].name} is an old Lightning Slurm checkpoint, which this "
+                                  f"version does not resume from; nothing was changed. Rename it to "
+                                  f"{run_dir / 'checkpoints' / 'last.ckpt'} to resume from it, or delete it")
     elif cfg.resume != "never":
         ckpt_path = cfg.resume
     if not is_child:
