@@ -225,3 +225,28 @@ def test_report_writes_tables_readme_and_figures_from_results_alone(results_only
         png = results_only.out / "vis" / "tiny_study" / f"{name}.png"
         assert png.stat().st_size > 1000
         assert f"({os.path.relpath(png, res)})" in readme
+
+
+@pytest.mark.slow  # shares the tiny_study fixture; trains one tiny point twice more (about 20 s)
+def test_reproduce_trains_a_point_again_and_compares_with_its_row(tiny_study, tmp_path, capsys, monkeypatch):
+    from util.study import store
+
+    args = ["reproduce", str(tiny_study.cfg), "lr-plain_none-0.003", "--scratch", str(tmp_path / "re")]
+    committed = (tiny_study.out / "results" / "tiny_study" / "runs.csv").read_bytes()
+    assert study_main(args + ["--tolerance", "1e-5"]) == 0  # the same threads: the same numbers
+    out = capsys.readouterr().out
+    assert "within the tolerance 1e-05" in out and "lr-plain_none-0.003" in out
+    assert (tiny_study.out / "results" / "tiny_study" / "runs.csv").read_bytes() == committed
+    real = store.read_rows
+
+    def shifted(path):
+        rows = real(path)
+        rows["lr-plain_none-0.003"]["test_mF1"] = str(float(rows["lr-plain_none-0.003"]["test_mF1"]) + 0.1)
+        return rows
+
+    monkeypatch.setattr(store, "read_rows", shifted)
+    assert study_main(args) == 1  # a row the rerun does not match is reported
+    assert "NOT within the tolerance 0.005" in capsys.readouterr().out
+    monkeypatch.setattr(store, "read_rows", real)
+    assert study_main(["reproduce", str(tiny_study.cfg), "lr-nope-1"]) == 1
+    assert "not a point of study" in capsys.readouterr().err

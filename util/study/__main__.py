@@ -6,6 +6,7 @@ Examples::
     python -m util.study run configs/study/brca_cpu.yaml --jobs 2 --max-minutes 600
     python -m util.study run configs/study/brca_gpu.yaml --stage lr --shard $SLURM_ARRAY_TASK_ID/10
     python -m util.study report configs/study/brca_cpu.yaml
+    python -m util.study reproduce configs/study/brca_cpu.yaml lr-plain_none-0.001 plain_none_pe-f0.25-s1
 
 Exit codes: 0 done, 1 a point failed or a bad study file, 143 stopped by SIGTERM/SIGINT (rerun to resume).
 """
@@ -20,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("plan", "list the points with parameters, MACs/px and estimated time"),
-                       ("run", "train the unfinished points"), ("report", "tables, contrasts and figures")):
+                       ("run", "train the unfinished points"), ("report", "tables, contrasts and figures"),
+                       ("reproduce", "train finished points again from scratch; compare test mF1 with their rows")):
         s = sub.add_parser(name, help=text)
         s.add_argument("study", help="study YAML file")
         if name in ("plan", "run"):
@@ -34,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--save-timing", action="store_true",
                            help="write the per-arm s/step to results/<study>/timing.csv (run it on an idle "
                                 "machine: the report compares arms by it)")
+        if name == "reproduce":
+            s.add_argument("points", nargs="+", help="point ids (see plan), e.g. lr-plain_none-0.001")
+            s.add_argument("--tolerance", type=float, default=0.005, help="largest |test mF1 difference| (0.005)")
+            s.add_argument("--jobs", type=int, default=1, help="points trained at once (default 1)")
+            s.add_argument("--scratch", default=None, help="folder for the reruns (default runs/<study>-reproduce)")
         if name == "run":
             s.add_argument("--max-minutes", type=float, default=None,
                            help="start no new point after this many minutes (running ones finish)")
@@ -58,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_study(study, jobs=args.jobs, threads=args.threads, shard=shard,
                              max_minutes=args.max_minutes, stage=args.stage)
+        if args.command == "reproduce":
+            from util.study.reproduce import reproduce
+
+            return reproduce(study, args.points, tolerance=args.tolerance, jobs=args.jobs, scratch=args.scratch)
         from util.study.report import report
 
         report(study)
