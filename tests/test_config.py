@@ -178,8 +178,9 @@ def test_model_facts_read_from_source_match_the_model_package():
     from_source = yaml.safe_load(proc.stdout)
     from model import list_models, model_keywords
 
-    assert sorted(from_source) == list_models()
-    for name in list_models():
+    # other tests may have added models to the live registry (model.register_model); the source knows the shipped ones
+    assert {"unet", "moment_unet", "escnn_unet"} <= set(from_source) <= set(list_models())
+    for name in from_source:
         p = (model_keywords(name) or {}).get("depth")
         assert from_source[name] == (p.default if p is not None and isinstance(p.default, int) else None), name
 
