@@ -43,7 +43,8 @@ PATTERNS: dict[str, re.Pattern] = {
         r"#SBATCH\s+(?:--account[= ]|-A\s*|--mail-user[= ])(?P<value>[A-Za-z0-9][^\s]*)"
     ),
     "institutional/internal host": re.compile(
-        r"\b(?:[A-Za-z0-9-]+\.)+(?:edu|gov|ac\.[a-z]{2}|edu\.[a-z]{2}|internal|intranet|corp|lan|cluster|hpc)"
+        r"\b(?!(?:util|model|tests)\.)"  # this project's own modules (python -m util.cluster) are not hosts
+        r"(?:[A-Za-z0-9-]+\.)+(?:edu|gov|ac\.[a-z]{2}|edu\.[a-z]{2}|internal|intranet|corp|lan|cluster|hpc)"
         r"(?![\w.-])"
     ),
     "private IPv4 address": re.compile(
@@ -188,6 +189,7 @@ CLEAN = [
     "cd " + _H + "$USER/work; ~/.jupyter_tunnel; $HOME/.cache",
     "git clone git" + "@" + "github.com:org/repo.git",
     "https://github.com/QUVA-Lab/escnn https://zenodo.org/record/123 https://arxiv.org/abs/2501.00001",
+    "exec python -m util.cluster run -- papermill; from util.cluster.plan import run_plan",
 ]
 
 
