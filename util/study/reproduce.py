@@ -15,9 +15,9 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable
 
 from util.study import store
 from util.study.points import Point, expand_points
@@ -35,6 +35,7 @@ class Rerun:
     cfg_path: Path
     run_dir: Path
     proc: subprocess.Popen | None = None
+    log: IO[str] | None = None
     rerun: float | None = None
 
 
@@ -54,12 +55,12 @@ def select_points(study: Study, ids: list[str]) -> tuple[list[Point], dict[str, 
     return chosen, rows
 
 
-def _prepare(study: Study, p: Point, row: dict[str, str], scratch: Path) -> Rerun:
+def _prepare(p: Point, row: dict[str, str], scratch: Path) -> Rerun:
     overrides = [f"runs_dir={scratch}"]
     if row.get("device", "cpu") == "cpu":
         overrides.append("accelerator=cpu")
     cfg = p.config.replace(overrides)  # type: ignore[union-attr]
-    run_dir = Path(cfg.runs_dir) / cfg.name / str(cfg.run_id)
+    run_dir = store.run_dir(replace(p, config=cfg))
     if run_dir.exists():
         shutil.rmtree(run_dir)
     cfg_path = scratch / "configs" / f"{p.id}.yaml"
@@ -75,21 +76,22 @@ def reproduce(study: Study, ids: list[str], tolerance: float = 0.005, jobs: int 
     scratch = Path(scratch or Path(study.runs_dir) / f"{study.name}-reproduce")
     log_dir = scratch / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    todo = [_prepare(study, p, rows[p.id], scratch) for p in points]
+    todo = [_prepare(p, rows[p.id], scratch) for p in points]
     running: list[Rerun] = []
     done: list[Rerun] = []
     failed = []
     while todo or running:
         while todo and len(running) < max(1, jobs):
             job = todo.pop(0)
-            log = open(log_dir / f"{job.point.id}.log", "w")
-            job.proc = subprocess.Popen([sys.executable, "-m", "util.train", str(job.cfg_path)], stdout=log,
+            job.log = open(log_dir / f"{job.point.id}.log", "w")
+            job.proc = subprocess.Popen([sys.executable, "-m", "util.train", str(job.cfg_path)], stdout=job.log,
                                         stderr=subprocess.STDOUT, env=child_env(job.threads, None))
             echo(f"start {job.point.id} ({job.threads} thread(s)) → {scratch}")
             running.append(job)
         time.sleep(0.5)
         for job in [j for j in running if j.proc is not None and j.proc.poll() is not None]:
             running.remove(job)
+            job.log.close()  # type: ignore[union-attr]
             if job.proc.returncode != 0:
                 failed.append(job.point.id)
                 echo(f"FAIL  {job.point.id} (exit {job.proc.returncode}; log {log_dir / (job.point.id + '.log')})")
