@@ -32,20 +32,21 @@ The package, one job a module (the public names are re-exported here: ``from uti
 =================  ==========================================================================================
 """
 from util.training.callbacks import (FinishValidationOnStop, HistoryCallback, LastCheckpoint, PrintProgress,
-                                     StopCheckpoint)
+                                     StopCheckpoint)  # noqa: F401
 from util.training.checkpoints import (AtomicCheckpointIO, CheckpointError, atomic_torch_save, latest_checkpoint,
-                                       load_checkpoint, pick_checkpoint, resume_candidates, weights_checkpoint)
+                                       load_checkpoint, pick_checkpoint, resume_candidates, weights_checkpoint)  # noqa: F401
 from util.training.data import (OcelotDataModule, ResumableLoader, ResumableSampler, SeededItems, steps_per_epoch,
-                                training_loader)
+                                training_loader)  # noqa: F401
 from util.training.evaluation import (LoadedRun, choose_detection, evaluate, evaluate_model, format_metrics_table,
                                       load_model_from_checkpoint, load_run, per_image_counts, predict,
-                                      trained_equivariance_error)
-from util.training.fit import train
+                                      trained_equivariance_error)  # noqa: F401
+from util.training.fit import train  # noqa: F401
 from util.training.module import (NUM_CLASSES, NonFiniteLossError, SegmentationModule, detect, inference_kwargs,
-                                  make_loss, model_kwargs)
-from util.ocelot import read_points_json, write_points_json
-from util.training.runs import FAILED_FILE, RunResult, environment_info, git_commit, resolve_run_dir
-from util.training.settings import trainer_settings
+                                  make_loss, model_kwargs)  # noqa: F401
+from util.ocelot import read_points_json, write_points_json  # noqa: F401
+from util.training.runs import FAILED_FILE, RunResult, environment_info, git_commit, resolve_run_dir  # noqa: F401
+from util.training.settings import trainer_settings  # noqa: F401
+
 
 _inference_kwargs = inference_kwargs  # old private name, used by notebooks and scripts written before the split
 
