@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import IO, Callable
 
 from util.study import store
 from util.study.points import Point, expand_points
-from util.study.runner import child_env
+from util.study.runner import spawn_training
 from util.study.spec import Study
 
 
@@ -83,9 +82,8 @@ def reproduce(study: Study, ids: list[str], tolerance: float = 0.005, jobs: int 
     while todo or running:
         while todo and len(running) < max(1, jobs):
             job = todo.pop(0)
-            job.log = open(log_dir / f"{job.point.id}.log", "w")
-            job.proc = subprocess.Popen([sys.executable, "-m", "util.train", str(job.cfg_path)], stdout=job.log,
-                                        stderr=subprocess.STDOUT, env=child_env(job.threads, None))
+            job.proc, job.log = spawn_training(job.cfg_path, log_dir / f"{job.point.id}.log", job.threads,
+                                               log_mode="w")
             echo(f"start {job.point.id} ({job.threads} thread(s)) → {scratch}")
             running.append(job)
         time.sleep(0.5)

@@ -71,6 +71,18 @@ def _stop_with_parent() -> None:
         pass
 
 
+def spawn_training(cfg_path: Path, log_path: Path, threads: int, gpu: str | None = None,
+                   log_mode: str = "a") -> tuple[subprocess.Popen, IO[str]]:
+    """Start ``python -m util.train CFG_PATH`` with ``threads`` CPU threads (and ``gpu``), stdout and stderr to
+    ``log_path`` (opened with ``log_mode``; the caller closes it). The training runs in its own session (a
+    terminal's Ctrl-C does not reach it; stop it with ``os.killpg``) and gets SIGTERM if its parent dies."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, log_mode)
+    proc = subprocess.Popen([sys.executable, "-m", "util.train", str(cfg_path)], stdout=log, stderr=subprocess.STDOUT,
+                            env=child_env(threads, gpu), start_new_session=True, preexec_fn=_stop_with_parent)
+    return proc, log
+
+
 def point_status(point: Point, rows: Mapping[str, Mapping[str, str]]) -> str:
     """``done`` | ``reuse`` (equal to a finished search point) | ``reuse-wait`` | ``waiting`` (learning rate not
     chosen yet) | ``harvest`` (run folder finished, no row) | ``pending``."""
@@ -104,6 +116,7 @@ class Runner:
         self.gpus = gpu_ids()
         self.running: dict[int, Job] = {}
         self.failed: set[str] = set()
+        self.stopped: set[str] = set()  # stopped by a signal: resumable, not failed
         self.stopping = False
         self._macs: dict[str, float] = {}
 
@@ -139,14 +152,9 @@ class Runner:
         cfg_dir.mkdir(parents=True, exist_ok=True)
         cfg_path = cfg_dir / f"{cfg.run_id}.yaml"
         cfg.save(cfg_path)
-        log_path = self.study.study_runs / "logs" / f"{cfg.run_id}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "a")
         gpu = self.gpus[slot % len(self.gpus)] if self.gpus else None
         resumed = (store.run_dir(p) / "checkpoints" / "last.ckpt").is_file()
-        proc = subprocess.Popen([sys.executable, "-m", "util.train", str(cfg_path)], stdout=log,
-                                stderr=subprocess.STDOUT, env=child_env(self.threads, gpu), start_new_session=True,
-                                preexec_fn=_stop_with_parent)
+        proc, log = spawn_training(cfg_path, self.study.study_runs / "logs" / f"{cfg.run_id}.log", self.threads, gpu)
         self.running[slot] = Job(p, proc, log, slot)
         where = f"GPU {gpu}" if gpu is not None else f"{self.threads} thread(s)"
         self.echo(f"start {p.id} ({'resume' if resumed else 'new'}, {where}) → {store.run_dir(p)}")
@@ -164,10 +172,12 @@ class Runner:
             if rc == 0 and store.finished(job.point):
                 store.harvest(self.study, job.point, self.macs(job.point))
                 self.echo(f"done  {job.point.id}")
+            elif rc in (143, -15):
+                self.stopped.add(job.point.id)
+                self.echo(f"stopped {job.point.id} (resumable; exit {rc})")
             else:
                 self.failed.add(job.point.id)
-                self.echo(f"FAIL  {job.point.id} (exit {rc}; log {job.log.name})"
-                          if rc not in (143, -15) else f"stopped {job.point.id} (resumable; exit {rc})")
+                self.echo(f"FAIL  {job.point.id} (exit {rc}; log {job.log.name})")
         return ended
 
     def stop(self, signum: int = signal.SIGTERM, frame: object = None) -> None:
@@ -215,7 +225,7 @@ class Runner:
         mine = [p for p in points if self.mine(p)]
         counts: dict[str, int] = {}
         for p in mine:
-            s = "failed" if p.id in self.failed else point_status(p, rows)
+            s = "failed" if p.id in self.failed else "stopped" if p.id in self.stopped else point_status(p, rows)
             counts[s] = counts.get(s, 0) + 1
         self.echo("points in scope: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
         if counts.get("waiting"):
