@@ -230,7 +230,11 @@ def readme_text(study: Study, df: pd.DataFrame, summary: pd.DataFrame, contrasts
         "arm": lambda r: r["arm"], "fraction": lambda r: f"{r['fraction']:g}", "original": lambda r: r["mF1_mean"],
         **{t: (lambda r, t=t: r[f"mF1_{t}_mean"]) for t in TEST_SETS},
         "equivariance error": lambda r: f"{r['equivariance_error_mean']:.2g}"
-        if np.isfinite(r["equivariance_error_mean"]) else "–"})]
+        if np.isfinite(r["equivariance_error_mean"]) else "–"}),
+        "Equivariance error: the trained net's max over the elements of its group (D4 for plain nets) of "
+        "max |Φ(g·x) − g·Φ(x)| / max |Φ(x)| on a central test crop (`model.equivariance.equivariance_error`). "
+        "Non-grid elements (C8's 45° rotations) are interpolated, so resampling alone gives errors of order 0.1–1 "
+        "there; the rot90/rot180/flip columns show which scores are exactly invariant on the pixel grid.\n"]
     parts += [f"## Time efficiency (target validation mF1 {fmt(tgt)})\n", markdown_table(summary, {
         "arm": lambda r: r["arm"], "fraction": lambda r: f"{r['fraction']:g}", "s/step": lambda r: r["s_per_step_mean"],
         "train wall (s)": lambda r: fmt(r["train_wall_s_mean"], 0),
