@@ -67,6 +67,29 @@ def test_max_minutes_zero_starts_nothing(tmp_path, tiny_ocelot_root):
     assert not list((tmp_path / "runs").glob("tiny_study/*/config.yaml"))
 
 
+def test_order_seed_starts_every_arm_at_a_seed_before_the_next(tmp_path, tiny_ocelot_root):
+    study = load_study(write_study(tmp_path / "s.yaml", tiny_ocelot_root, tmp_path, fractions=[0.5, 1.0],
+                                   seeds=[0, 1]))
+    search = [p for p in expand_points(study) if p.stage == "lr"]
+    rows = {p.id: {"val_mF1": "0.5", "config_hash": p.config.config_hash()} for p in search}
+    points = expand_points(study, rows)
+
+    def started(order: str) -> list[str]:
+        runner = Runner(study, jobs=len(points), order=order, echo=lambda _: None)
+        got: list[str] = []
+        runner.launch = lambda p, slot: got.append(p.id)  # record the start order, train nothing
+        runner.start_ready(points, rows)
+        return got
+
+    # the search winners (lr 1e-3, listed first) are reused by f1-s0, so those two points never start
+    assert started("grid") == ["plain_none-f0.5-s0", "plain_none-f0.5-s1", "plain_none-f1-s1",
+                               "moment_none-f0.5-s0", "moment_none-f0.5-s1", "moment_none-f1-s1"]
+    assert started("seed") == ["plain_none-f0.5-s0", "moment_none-f0.5-s0", "plain_none-f1-s1",
+                               "moment_none-f1-s1", "plain_none-f0.5-s1", "moment_none-f0.5-s1"]
+    with pytest.raises(ValueError, match="unknown order 'random'"):
+        Runner(study, order="random")
+
+
 def test_child_env_sets_threads_and_gpu():
     e = child_env(3, "1")
     assert e["OMP_NUM_THREADS"] == e["MKL_NUM_THREADS"] == "3" and e["CUDA_VISIBLE_DEVICES"] == "1"

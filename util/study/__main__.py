@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
                            help="start no new point after this many minutes (running ones finish)")
             s.add_argument("--stage", choices=("all", "lr", "main"), default="all",
                            help="only the learning-rate search (lr) or only the grid (main); default all")
+            s.add_argument("--order", choices=("grid", "seed"), default="grid",
+                           help="start order: grid (arm, fraction, seed) or seed (every arm at a seed before the "
+                                "next seed, largest fraction first); results do not depend on it")
     return p
 
 
@@ -64,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             from util.study.runner import run_study
 
             return run_study(study, jobs=args.jobs, threads=args.threads, shard=shard,
-                             max_minutes=args.max_minutes, stage=args.stage)
+                             max_minutes=args.max_minutes, stage=args.stage,
+                             order=args.order)
         if args.command == "reproduce":
             from util.study.reproduce import reproduce
 

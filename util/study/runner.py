@@ -8,6 +8,9 @@
   n_gpus`` (several small runs share one GPU).
 * ``--shard i/n``: only points with index ``k mod n == i`` (Slurm arrays). ``--stage lr|main``: only the
   learning-rate search or only the main grid. ``--max-minutes M``: start no new point after M minutes.
+* ``--order grid`` (default): ready points start in the grid's order (arm, fraction, seed). ``--order seed``:
+  seed by seed, largest fraction first, arms in file order, so a study stopped part-way holds every arm at
+  the same seeds (the paired contrasts can be read at each stop). The order changes no result.
 * Main points wait until their arm's search is finished; a main point equal to a finished search point is
   recorded from it (bookkeeping, done by whichever shard sees it first).
 * SIGTERM/SIGINT: forwarded to the running trainings (they save ``last.ckpt`` and stop); exit code 143. If the
@@ -29,6 +32,7 @@ from util.study.points import Point, expand_points, in_shard
 from util.study.spec import Study
 
 POLL_S = 0.2
+ORDERS = ("grid", "seed")  #: the start orders of ``run --order``
 
 
 def default_threads() -> int:
@@ -97,6 +101,11 @@ def point_status(point: Point, rows: Mapping[str, Mapping[str, str]]) -> str:
     return "harvest" if store.finished(point) else "pending"
 
 
+def seed_major(p: Point) -> tuple:
+    """Sort key of ``--order seed``: search points first, then seed, largest fraction, grid index."""
+    return (p.stage != "lr", p.seed, -p.fraction, p.index)
+
+
 @dataclass
 class Job:
     point: Point
@@ -109,8 +118,12 @@ class Runner:
     """The scheduling loop of ``run`` (one instance per invocation)."""
 
     def __init__(self, study: Study, jobs: int = 1, threads: int | None = None, shard: tuple[int, int] | None = None,
-                 max_minutes: float | None = None, stage: str = "all", echo: Callable[[str], None] = print):
+                 max_minutes: float | None = None, stage: str = "all", order: str = "grid",
+                 echo: Callable[[str], None] = print):
+        if order not in ORDERS:
+            raise ValueError(f"run: unknown order {order!r}; expected one of {ORDERS}")
         self.study, self.jobs, self.shard, self.stage, self.echo = study, max(1, jobs), shard, stage, echo
+        self.order = order
         self.threads = max(1, (threads or default_threads()) // self.jobs)
         self.deadline = time.monotonic() + max_minutes * 60 if max_minutes is not None else None
         self.gpus = gpu_ids()
@@ -215,6 +228,8 @@ class Runner:
         busy = {j.point.id for j in self.running.values()}
         ready = [p for p in points if self.mine(p) and p.id not in busy and p.id not in self.failed
                  and point_status(p, rows) == "pending"]
+        if self.order == "seed":
+            ready.sort(key=seed_major)
         for slot in range(self.jobs):
             if not ready or self.stopping or (self.deadline is not None and time.monotonic() > self.deadline):
                 return
