@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.test_study import REPO, write_study
-from util.config import ConfigError
+from util.config import ConfigError, load_config
 from util.study import Runner, child_env, choose_lr, expand_points, in_shard, load_study, point_status
 
 
@@ -105,6 +105,18 @@ def test_load_study_rejects_bad_files(tmp_path, tiny_ocelot_root):
             load_study(write_study(tmp_path / f"bad{i}.yaml", tiny_ocelot_root, tmp_path, **change))
 
 
+def test_a_fixed_per_arm_rate_is_used_without_a_search_and_refused_with_one(tmp_path, tiny_ocelot_root):
+    arms = [{"label": "plain_none", "preset": "none", "overrides": {"learning_rate": 3e-4}},
+            {"label": "moment_none", "model": {"name": "moment_unet", "kwargs": {"group": "D4"}}, "preset": "none"}]
+    with pytest.raises(ConfigError, match="arm plain_none: overrides sets learning_rate, but lr_search"):
+        load_study(write_study(tmp_path / "s.yaml", tiny_ocelot_root, tmp_path, arms=arms))
+    study = load_study(write_study(tmp_path / "s.yaml", tiny_ocelot_root, tmp_path, arms=arms, lr_search=None))
+    recipe = load_config(study.base).learning_rate
+    assert recipe != 3e-4
+    got = {p.arm.label: (p.learning_rate, p.config.learning_rate) for p in expand_points(study)}
+    assert got == {"plain_none": (3e-4, 3e-4), "moment_none": (recipe, recipe)}
+
+
 @pytest.mark.parametrize("name", ["brca_cpu", "brca_gpu", "ocelot_gpu"])
 def test_shipped_study_files_describe_the_fair_arms(name):
     study = load_study(REPO / "configs" / "study" / f"{name}.yaml")
@@ -119,3 +131,28 @@ def test_shipped_study_files_describe_the_fair_arms(name):
         assert study.fractions == [0.25, 1.0] and arms["plain_none"].kwargs["width"] >= 16
     else:
         assert study.fractions == [0.1, 0.25, 0.5, 1.0] and len(study.seeds) == 5
+
+
+def test_lr_edge_check_extends_exactly_the_edge_choices_of_brca_cpu():
+    """brca_cpu_lr_edge.yaml: one value half a decade beyond the edge for every arm whose committed choice is an
+    edge of the grid, and otherwise the very configuration of that arm's search runs."""
+    from util.study import store
+
+    main = load_study(REPO / "configs" / "study" / "brca_cpu.yaml")
+    edge = load_study(REPO / "configs" / "study" / "brca_cpu_lr_edge.yaml")
+    rows = store.read_rows(store.runs_csv(main))
+    lo, hi = min(main.lr_values), max(main.lr_values)
+    expected = {}
+    for arm in main.arms:
+        chosen = choose_lr(main, arm.label, rows)[0]
+        assert chosen is not None, f"brca_cpu search of {arm.label} unfinished"
+        if chosen in (lo, hi):
+            expected[arm.label] = pytest.approx(lo / 10 ** 0.5, rel=0.06) if chosen == lo else \
+                pytest.approx(hi * 10 ** 0.5, rel=0.06)
+    got = {p.arm.label: p.config.learning_rate for p in expand_points(edge)}
+    assert got == expected
+    assert {p.arm.label: p.learning_rate for p in expand_points(edge)} == expected  # what plan and report show
+    searched = {p.arm.label: p for p in expand_points(main, rows) if p.id == f"lr-{p.arm.label}-{lo:g}"}
+    for p in expand_points(edge):
+        a, b = p.config.to_dict(), searched[p.arm.label].config.to_dict()
+        assert {k for k in a if a[k] != b[k]} == {"name", "learning_rate", "run_id"}, p.id

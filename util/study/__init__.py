@@ -25,7 +25,8 @@ Study file schema (YAML; paths relative to the study file unless said)::
       max_steps: 450                # the budget: the same optimizer steps for every arm (wall time is measured)
       val_every_steps: 50           # optional: validate about every N steps at every fraction (sets
                                     #   val_every_n_epochs per point; else the recipe's val_every_n_epochs)
-    lr_search:                      # optional (absent: every arm uses the recipe's learning_rate)
+    lr_search:                      # optional (absent: every arm uses the recipe's learning_rate, or its own
+                                    #   overrides: {learning_rate: ...}; with a search, arms may not set one)
       values: [1.0e-3, 3.0e-3, 1.0e-2]
       fraction: 1.0                 # searched on this fraction and seed; best validation mF1 wins (ties: first)
       seed: 0                       #   and is reused for every fraction and seed of the arm

@@ -166,9 +166,11 @@ def main_point_id(arm: str, fraction: float, seed: int) -> str:
 def choose_lr(study: Study, arm: str, rows: Mapping[str, Mapping[str, Any]]) -> tuple[float | None, dict]:
     """The learning rate of ``arm``: the search value with the highest validation mF1 (``val_mF1`` of its
     finished row, i.e. at the threshold chosen on validation; ties go to the value listed first). Returns
-    ``(lr, {value: score})``; lr is None while a search point is unfinished. No search: the recipe's rate."""
+    ``(lr, {value: score})``; lr is None while a search point is unfinished. No search: the arm's
+    ``overrides.learning_rate`` if it sets one, else the recipe's rate."""
     if not study.lr_values:
-        return base_config(study).learning_rate, {}
+        fixed = study.arm(arm).overrides.get("learning_rate")
+        return (float(fixed) if fixed is not None else base_config(study).learning_rate), {}
     scores: dict[float, float] = {}
     for v in study.lr_values:
         row = rows.get(lr_point_id(arm, v))

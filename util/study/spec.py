@@ -185,6 +185,9 @@ def _check(s: Study) -> None:
             raise ConfigError(f"{s.path}: arm label {a.label!r} must be letters, digits, '_', '-', '.', '+'")
         if a.preset and a.preset not in CHOICES["data.preset"]:
             raise ConfigError(f"{s.path}: arm {a.label}: preset {a.preset!r} not in {CHOICES['data.preset']}")
+        if s.lr_values and "learning_rate" in a.overrides:
+            raise ConfigError(f"{s.path}: arm {a.label}: overrides sets learning_rate, but lr_search chooses it; "
+                              "drop one (a fixed per-arm rate is for studies without lr_search)")
         if a.match_params is not None:
             if a.match_params not in labels or s.arm(a.match_params).match_params is not None:
                 raise ConfigError(f"{s.path}: arm {a.label}: match_params must name an arm without match_params")
