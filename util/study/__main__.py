@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--tolerance", type=float, default=0.005, help="largest |test mF1 difference| (0.005)")
             s.add_argument("--jobs", type=int, default=1, help="points trained at once (default 1)")
             s.add_argument("--scratch", default=None, help="folder for the reruns (default runs/<study>-reproduce)")
+        if name == "report":
+            s.add_argument("--readme", default=None,
+                           help="also rewrite the study's results block in this Markdown file (between the lines "
+                                "<!-- results:STUDY --> and <!-- /results:STUDY -->), e.g. README.md")
         if name == "run":
             s.add_argument("--max-minutes", type=float, default=None,
                            help="start no new point after this many minutes (running ones finish)")
@@ -76,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         from util.study.report import report
 
         report(study)
+        if args.readme:
+            from util.study.answer import update_readme
+
+            changed = update_readme(args.readme, study)
+            print(f"{args.readme}: results block {'rewritten' if changed else 'unchanged'}")
         return 0
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
