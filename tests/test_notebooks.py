@@ -14,6 +14,7 @@ NOTEBOOKS = {
     "v1_0.ipynb": {"config_path": "configs/default.yaml", "overrides": [], "grid_index": None},
     "visualizations_and_testing.ipynb": {
         "runs_dir": "runs", "name": None, "tags": None, "out_dir": "visualization", "data_root": None,
+        "study": "configs/study/brca_cpu.yaml",
     },
 }
 #: figures the visualization notebook must write (PNG and PDF each)
@@ -157,6 +158,16 @@ def test_visualization_notebook_writes_figures(three_tiny_runs, tmp_path):
     text = _text_outputs(nb)
     assert "3 finished run(s)" in text
     assert "mF1" in text and "equivariance_error" in text  # the tidy table was shown
+    # the committed study results, read from results/brca_cpu/ alone (no run folders)
+    import csv
+
+    with open(ROOT / "results" / "brca_cpu" / "runs.csv") as f:
+        n_points = sum(1 for _ in csv.DictReader(f))
+    assert f"brca_cpu: {n_points} finished point(s)" in text
+    assert "moment_d4_none" in text and "mF1_ci_low" in text
+    shown = sum(1 for c in nb.cells if "study_figures" in c.source
+                for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
+    assert shown >= len(list((ROOT / "visualization" / "brca_cpu").glob("*.png")))
     for fig in VIS_FIGURES:
         for ext in ("png", "pdf"):
             _assert_image(out_dir / f"{fig}.{ext}")

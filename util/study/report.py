@@ -302,15 +302,22 @@ def contrast_sections(contrasts: pd.DataFrame) -> list[str]:
 
 
 # ============================================================================================= entry
+def study_tables(study: Study) -> dict[str, Any]:
+    """The report's tables from the committed files alone, writing nothing: ``runs`` (one row per point),
+    ``summary`` (arm × fraction), ``contrasts`` and ``lr`` (the learning-rate search), and the point
+    ``records``."""
+    df, records = load_results(study)
+    return {"runs": df, "summary": cell_summary(study, df, records), "contrasts": contrast_table(study, df, records),
+            "lr": lr_table(study, df), "records": records}
+
+
 def report(study: Study, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Write ``summary.csv``, ``contrasts.csv``, ``README.md`` and the figures; return the tables."""
     from util.study.figures import make_figures
 
     collect_run_folders(study, echo)
-    df, records = load_results(study)
-    summary = cell_summary(study, df, records)
-    contrasts = contrast_table(study, df, records)
-    lrs = lr_table(study, df)
+    t = study_tables(study)
+    df, records, summary, contrasts, lrs = t["runs"], t["records"], t["summary"], t["contrasts"], t["lr"]
     out = study.study_results
     out.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out / "summary.csv", index=False)
