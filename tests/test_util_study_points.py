@@ -90,6 +90,35 @@ def test_order_seed_starts_every_arm_at_a_seed_before_the_next(tmp_path, tiny_oc
         Runner(study, order="random")
 
 
+def test_finish_by_starts_only_points_estimated_to_end_in_time(tmp_path, tiny_ocelot_root):
+    from util.study.runner import ESTIMATE_EXTRA_S, ESTIMATE_MARGIN, estimate_s
+
+    study = load_study(write_study(tmp_path / "s.yaml", tiny_ocelot_root, tmp_path, fractions=[0.5, 1.0],
+                                   seeds=[0, 1]))
+    search = [p for p in expand_points(study) if p.stage == "lr"]
+    walls = {"plain_none": ("100", "140", "120"), "moment_none": ("1000", "1100", "1200")}  # train_wall_s
+    rows = {}
+    for p in search:
+        rows[p.id] = {"val_mF1": "0.5", "config_hash": p.config.config_hash(), "arm": p.arm.label, "threads": "1",
+                      "train_wall_s": walls[p.arm.label][len([r for r in rows if p.arm.label in r])]}
+    points = expand_points(study, rows)
+    by_id = {p.id: p for p in points}
+    assert estimate_s(by_id["plain_none-f0.5-s0"], rows, 1) == ESTIMATE_MARGIN * 120 + ESTIMATE_EXTRA_S
+    assert estimate_s(by_id["plain_none-f0.5-s0"], rows, 2) is None  # no rows at 2 threads
+
+    def started(finish_by: float | None, jobs: int = 2) -> list[str]:
+        runner = Runner(study, jobs=jobs, threads=jobs, order="seed", finish_by=finish_by, echo=lambda _: None)
+        got: list[str] = []
+        runner.launch = lambda p, slot: got.append(p.id)
+        runner.start_ready(points, rows)
+        return got
+
+    assert started(None) == ["plain_none-f0.5-s0", "moment_none-f0.5-s0"]
+    # 10 minutes: a moment point (about 1500 s) does not fit, so the next plain points fill both slots
+    assert started(10) == ["plain_none-f0.5-s0", "plain_none-f1-s1"]
+    assert started(2) == []  # nothing fits in 2 minutes
+
+
 def test_child_env_sets_threads_and_gpu():
     e = child_env(3, "1")
     assert e["OMP_NUM_THREADS"] == e["MKL_NUM_THREADS"] == "3" and e["CUDA_VISIBLE_DEVICES"] == "1"

@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
                            help="start no new point after this many minutes (running ones finish)")
             s.add_argument("--stage", choices=("all", "lr", "main"), default="all",
                            help="only the learning-rate search (lr) or only the grid (main); default all")
+            s.add_argument("--finish-by", type=float, default=None,
+                           help="start a point only if its estimated run time (from its arm's finished rows) ends "
+                                "within this many minutes; shorter points fill the end (no half-run points)")
             s.add_argument("--order", choices=("grid", "seed"), default="grid",
                            help="start order: grid (arm, fraction, seed) or seed (every arm at a seed before the "
                                 "next seed, largest fraction first); results do not depend on it")
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_study(study, jobs=args.jobs, threads=args.threads, shard=shard,
                              max_minutes=args.max_minutes, stage=args.stage,
-                             order=args.order)
+                             order=args.order, finish_by=args.finish_by)
         if args.command == "reproduce":
             from util.study.reproduce import reproduce
 

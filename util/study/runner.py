@@ -8,6 +8,11 @@
   n_gpus`` (several small runs share one GPU).
 * ``--shard i/n``: only points with index ``k mod n == i`` (Slurm arrays). ``--stage lr|main``: only the
   learning-rate search or only the main grid. ``--max-minutes M``: start no new point after M minutes.
+* ``--finish-by M``: start a point only when its estimated run time ends within M minutes of the start, so a
+  sitting with a hard end loses no half-run point; when the next point in order does not fit, a shorter one
+  that does is started instead. The estimate of a point is ``ESTIMATE_MARGIN`` × the median wall time of its
+  arm's finished rows at the same thread count (training, ``train_wall_s``) + ``ESTIMATE_EXTRA_S``; a point
+  of an arm without such rows is started only before ``--max-minutes`` (or always, without it).
 * ``--order grid`` (default): ready points start in the grid's order (arm, fraction, seed). ``--order seed``:
   seed by seed, largest fraction first, arms in file order, so a study stopped part-way holds every arm at
   the same seeds (the paired contrasts can be read at each stop). The order changes no result.
@@ -33,6 +38,8 @@ from util.study.spec import Study
 
 POLL_S = 0.2
 ORDERS = ("grid", "seed")  #: the start orders of ``run --order``
+ESTIMATE_MARGIN = 1.25  #: ``--finish-by``: the arm's median training wall time is scaled by this ...
+ESTIMATE_EXTRA_S = 120.0  #: ... and this is added (start-up, threshold pass, test sets and their copies)
 
 
 def default_threads() -> int:
@@ -106,6 +113,26 @@ def seed_major(p: Point) -> tuple:
     return (p.stage != "lr", p.seed, -p.fraction, p.index)
 
 
+def estimate_s(p: Point, rows: Mapping[str, Mapping[str, str]], threads: int) -> float | None:
+    """Expected wall seconds of ``p``: ``ESTIMATE_MARGIN`` × the median ``train_wall_s`` of its arm's finished,
+    trained rows (not reuses) at ``threads`` threads, + ``ESTIMATE_EXTRA_S``; None without such rows."""
+    walls = []
+    for r in rows.values():
+        if r.get("arm") != p.arm.label or r.get("source_point"):
+            continue
+        try:
+            if float(r.get("threads") or 0) == threads:
+                walls.append(float(r["train_wall_s"]))
+        except (TypeError, ValueError):
+            continue
+    if not walls:
+        return None
+    walls.sort()
+    mid = len(walls) // 2
+    median = walls[mid] if len(walls) % 2 else (walls[mid - 1] + walls[mid]) / 2
+    return ESTIMATE_MARGIN * median + ESTIMATE_EXTRA_S
+
+
 @dataclass
 class Job:
     point: Point
@@ -119,13 +146,14 @@ class Runner:
 
     def __init__(self, study: Study, jobs: int = 1, threads: int | None = None, shard: tuple[int, int] | None = None,
                  max_minutes: float | None = None, stage: str = "all", order: str = "grid",
-                 echo: Callable[[str], None] = print):
+                 finish_by: float | None = None, echo: Callable[[str], None] = print):
         if order not in ORDERS:
             raise ValueError(f"run: unknown order {order!r}; expected one of {ORDERS}")
         self.study, self.jobs, self.shard, self.stage, self.echo = study, max(1, jobs), shard, stage, echo
         self.order = order
         self.threads = max(1, (threads or default_threads()) // self.jobs)
         self.deadline = time.monotonic() + max_minutes * 60 if max_minutes is not None else None
+        self.finish_deadline = time.monotonic() + finish_by * 60 if finish_by is not None else None
         self.gpus = gpu_ids()
         self.running: dict[int, Job] = {}
         self.failed: set[str] = set()
@@ -231,10 +259,26 @@ class Runner:
         if self.order == "seed":
             ready.sort(key=seed_major)
         for slot in range(self.jobs):
-            if not ready or self.stopping or (self.deadline is not None and time.monotonic() > self.deadline):
+            if self.stopping:
                 return
-            if slot not in self.running:
-                self.launch(ready.pop(0), slot)
+            if slot in self.running:
+                continue
+            p = next((q for q in ready if self.fits(q, rows)), None)
+            if p is None:
+                return
+            ready.remove(p)
+            self.launch(p, slot)
+
+    def fits(self, p: Point, rows: Mapping[str, Mapping[str, str]]) -> bool:
+        """Whether ``p`` may start now: before ``--max-minutes``, and (``--finish-by``) estimated to end in time."""
+        now = time.monotonic()
+        past_max = self.deadline is not None and now > self.deadline
+        if self.finish_deadline is None:
+            return not past_max
+        est = estimate_s(p, rows, self.threads)
+        if est is None:
+            return not past_max and now < self.finish_deadline
+        return not past_max and now + est <= self.finish_deadline
 
     def summary(self, points: list[Point], rows: Mapping[str, Mapping[str, str]]) -> None:
         mine = [p for p in points if self.mine(p)]
