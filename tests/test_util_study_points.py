@@ -100,7 +100,10 @@ def test_finish_by_starts_only_points_estimated_to_end_in_time(tmp_path, tiny_oc
     rows = {}
     for p in search:
         rows[p.id] = {"val_mF1": "0.5", "config_hash": p.config.config_hash(), "arm": p.arm.label, "threads": "1",
-                      "train_wall_s": walls[p.arm.label][len([r for r in rows if p.arm.label in r])]}
+                      "train_wall_s": walls[p.arm.label][len([r for r in rows if p.arm.label in r])],
+                      "source_point": p.id}  # as store writes it: a trained row names itself
+    reuse = dict(rows["lr-plain_none-0.003"], train_wall_s="99999", source_point="lr-plain_none-0.003")
+    rows["plain_none-f1-s0"] = reuse  # a reuse row repeats its source's wall time: not counted twice
     points = expand_points(study, rows)
     by_id = {p.id: p for p in points}
     assert estimate_s(by_id["plain_none-f0.5-s0"], rows, 1) == ESTIMATE_MARGIN * 120 + ESTIMATE_EXTRA_S

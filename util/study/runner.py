@@ -117,8 +117,8 @@ def estimate_s(p: Point, rows: Mapping[str, Mapping[str, str]], threads: int) ->
     """Expected wall seconds of ``p``: ``ESTIMATE_MARGIN`` × the median ``train_wall_s`` of its arm's finished,
     trained rows (not reuses) at ``threads`` threads, + ``ESTIMATE_EXTRA_S``; None without such rows."""
     walls = []
-    for r in rows.values():
-        if r.get("arm") != p.arm.label or r.get("source_point"):
+    for pid, r in rows.items():
+        if r.get("arm") != p.arm.label or (r.get("source_point") or pid) != pid:  # a reuse repeats its source
             continue
         try:
             if float(r.get("threads") or 0) == threads:
