@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -126,7 +125,12 @@ def estimate_s(p: Point, rows: Mapping[str, Mapping[str, str]], threads: int) ->
                 walls.append(float(r["train_wall_s"]))
         except (TypeError, ValueError):
             continue
-    return ESTIMATE_MARGIN * statistics.median(walls) + ESTIMATE_EXTRA_S if walls else None
+    if not walls:
+        return None
+    walls.sort()
+    mid = len(walls) // 2
+    median = walls[mid] if len(walls) % 2 else (walls[mid - 1] + walls[mid]) / 2
+    return ESTIMATE_MARGIN * median + ESTIMATE_EXTRA_S
 
 
 @dataclass
@@ -268,12 +272,13 @@ class Runner:
     def fits(self, p: Point, rows: Mapping[str, Mapping[str, str]]) -> bool:
         """Whether ``p`` may start now: before ``--max-minutes``, and (``--finish-by``) estimated to end in time."""
         now = time.monotonic()
-        if self.deadline is not None and now > self.deadline:
-            return False
+        past_max = self.deadline is not None and now > self.deadline
         if self.finish_deadline is None:
-            return True
+            return not past_max
         est = estimate_s(p, rows, self.threads)
-        return now < self.finish_deadline if est is None else now + est <= self.finish_deadline
+        if est is None:
+            return not past_max and now < self.finish_deadline
+        return not past_max and now + est <= self.finish_deadline
 
     def summary(self, points: list[Point], rows: Mapping[str, Mapping[str, str]]) -> None:
         mine = [p for p in points if self.mine(p)]
