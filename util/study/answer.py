@@ -28,12 +28,23 @@ CONTRAST_NAMES = {"a": "(a) equivariant, no augmentation vs plain + flips_rot90"
                   "c": "(c) equivariant with vs without augmentation"}
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
 def markers(study: Study) -> tuple[str, str]:
     """The begin and end marker lines of ``study``'s block."""
     return f"<!-- results:{study.name} -->", f"<!-- /results:{study.name} -->"
 
 
-REPO = Path(__file__).resolve().parents[2]
+def _block_span(text: str, study: Study, path: Path) -> tuple[int, int]:
+    """``(start, end)`` of the text between ``study``'s marker lines in ``text`` (read from ``path``);
+    ``ValueError`` naming the file and the markers when they are missing or out of order."""
+    begin, end = markers(study)
+    i, j = text.find(begin), text.find(end)
+    if i < 0 or j < i:
+        raise ValueError(f"{path}: expected the marker lines {begin!r} and, after it, {end!r} around the "
+                         f"study's results block; add them where the numbers should go")
+    return i + len(begin), j
 
 
 def _shown(path: Path) -> str:
@@ -120,12 +131,8 @@ def update_readme(readme: str | Path, study: Study) -> bool:
     nothing is written then."""
     path = Path(readme)
     text = path.read_text()
-    begin, end = markers(study)
-    i, j = text.find(begin), text.find(end)
-    if i < 0 or j < 0 or j < i:
-        raise ValueError(f"{path}: expected the marker lines {begin!r} and, after it, {end!r} around the "
-                         f"study's results block; add them where the numbers should go")
-    new = text[:i + len(begin)] + "\n" + answer_block(study) + text[j:]
+    i, j = _block_span(text, study, path)
+    new = text[:i] + "\n" + answer_block(study) + text[j:]
     if new == text:
         return False
     path.write_text(new)
@@ -135,8 +142,5 @@ def update_readme(readme: str | Path, study: Study) -> bool:
 def readme_block(readme: str | Path, study: Study) -> str:
     """The block currently between ``study``'s markers in ``readme`` (without the marker lines)."""
     text = Path(readme).read_text()
-    begin, end = markers(study)
-    i, j = text.find(begin), text.find(end)
-    if i < 0 or j < i:
-        raise ValueError(f"{readme}: no block between {begin!r} and {end!r}")
-    return text[i + len(begin) + 1:j]
+    i, j = _block_span(text, study, Path(readme))
+    return text[i + 1:j]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -125,12 +126,7 @@ def estimate_s(p: Point, rows: Mapping[str, Mapping[str, str]], threads: int) ->
                 walls.append(float(r["train_wall_s"]))
         except (TypeError, ValueError):
             continue
-    if not walls:
-        return None
-    walls.sort()
-    mid = len(walls) // 2
-    median = walls[mid] if len(walls) % 2 else (walls[mid - 1] + walls[mid]) / 2
-    return ESTIMATE_MARGIN * median + ESTIMATE_EXTRA_S
+    return ESTIMATE_MARGIN * statistics.median(walls) + ESTIMATE_EXTRA_S if walls else None
 
 
 @dataclass
@@ -272,13 +268,12 @@ class Runner:
     def fits(self, p: Point, rows: Mapping[str, Mapping[str, str]]) -> bool:
         """Whether ``p`` may start now: before ``--max-minutes``, and (``--finish-by``) estimated to end in time."""
         now = time.monotonic()
-        past_max = self.deadline is not None and now > self.deadline
+        if self.deadline is not None and now > self.deadline:
+            return False
         if self.finish_deadline is None:
-            return not past_max
+            return True
         est = estimate_s(p, rows, self.threads)
-        if est is None:
-            return not past_max and now < self.finish_deadline
-        return not past_max and now + est <= self.finish_deadline
+        return now < self.finish_deadline if est is None else now + est <= self.finish_deadline
 
     def summary(self, points: list[Point], rows: Mapping[str, Mapping[str, str]]) -> None:
         mine = [p for p in points if self.mine(p)]

@@ -114,8 +114,9 @@ class OcelotDataModule(pl.LightningDataModule):
     The datasets are built at construction (:func:`util.dataloader.make_datasets`: train crops with the preset
     and the subset, which writes ``subset_manifest.json`` into ``cfg.data.manifest_dir``; val/test full
     patches), so the step counts are known before the Trainer exists, and a missing or malformed test split
-    fails here, before any training, not after it (the evaluation reads the test patches again itself). The training loader's state (batches
-    consumed) is saved in Lightning checkpoints and restored on resume (:class:`ResumableLoader`).
+    fails here, before any training, not after it (the evaluation reads the test patches again itself). The
+    training loader's state (batches consumed) is saved in Lightning checkpoints and restored on resume
+    (:class:`ResumableLoader`).
 
     Args:
         cfg: the run's config (``data`` section, ``seed``, ``max_steps`` or ``epochs``, ``val_every_n_epochs``).
