@@ -252,33 +252,36 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tiny_ocel
     assert not (run_dir / "metrics.json").exists()
 
 
-class SignalInValidation(UNet):
-    """A U-Net that sends SIGTERM to its own process once, from its ``at``-th eval forward (a validation batch)."""
+class SignalAt(UNet):
+    """A U-Net that sends SIGTERM to its own process once, from its ``at``-th forward (0-based) in ``phase``
+    ("eval": a validation batch; "train": a training step, before that step's optimizer step)."""
 
     fired = False
 
-    def __init__(self, at: int = 2, **kw):
+    def __init__(self, at: int = 2, phase: str = "eval", **kw):
         super().__init__(**kw)
-        self.at, self.eval_calls = at, 0
+        self.at, self.phase, self.calls = at, phase, 0
 
     def forward(self, x):
-        if not self.training:
-            if self.eval_calls == self.at and not SignalInValidation.fired:
-                SignalInValidation.fired = True
+        if self.training == (self.phase == "train"):
+            if self.calls == self.at and not SignalAt.fired:
+                SignalAt.fired = True
                 os.kill(os.getpid(), signal.SIGTERM)
-            self.eval_calls += 1
+            self.calls += 1
         return super().forward(x)
 
 
-def test_sigterm_inside_a_validation_keeps_its_row_and_resumes(tiny_ocelot_root, tmp_path):
-    """SIGTERM on the first batch of step 4's validation (2 val images, 2 steps per pass): the validation
-    finishes, its row is in history.csv and in last.ckpt (step 4); the rerun completes every validation."""
-    register_model("signal_in_validation_test", SignalInValidation)
-    SignalInValidation.fired = False
-    cfg = tiny(tiny_ocelot_root, tmp_path, "model.name=signal_in_validation_test", "model.kwargs.at=2",
-               "max_steps=8", "eval_transforms=[]")
+@pytest.mark.parametrize("phase, at", [("eval", 2), ("train", 3)])
+def test_sigterm_at_a_validation_step_keeps_its_row_and_resumes(tiny_ocelot_root, tmp_path, phase, at):
+    """SIGTERM on the first batch of step 4's validation (2 val images, 2 steps per pass), or inside step 4's
+    training forward (before its optimizer step and validation): the validation runs to its end, its row is in
+    history.csv and in last.ckpt (step 4); the rerun completes every validation."""
+    register_model("signal_at_test", SignalAt)
+    SignalAt.fired = False
+    cfg = tiny(tiny_ocelot_root, tmp_path, "model.name=signal_at_test", f"model.kwargs.at={at}",
+               f"model.kwargs.phase={phase}", "max_steps=8", "eval_transforms=[]")
     first = train(cfg, quiet=True)
-    assert SignalInValidation.fired and first.stopped_by_signal
+    assert SignalAt.fired and first.stopped_by_signal
     steps = [int(r["step"]) for r in csv.DictReader((first.run_dir / "history.csv").open())]
     assert steps == [2, 4]
     ck = load_checkpoint(first.run_dir / "checkpoints" / "last.ckpt")
@@ -289,6 +292,21 @@ def test_sigterm_inside_a_validation_keeps_its_row_and_resumes(tiny_ocelot_root,
     assert not second.stopped_by_signal and second.run_dir == first.run_dir
     steps = [int(r["step"]) for r in csv.DictReader((first.run_dir / "history.csv").open())]
     assert steps == [2, 4, 6, 8]
+
+
+def test_sigterm_between_validations_stops_at_that_step(tiny_ocelot_root, tmp_path):
+    """SIGTERM inside step 3's training forward: the run stops at step 3 (no validation is waited for) and the
+    rerun validates at 4, 6 and 8."""
+    register_model("signal_at_test", SignalAt)
+    SignalAt.fired = False
+    cfg = tiny(tiny_ocelot_root, tmp_path, "model.name=signal_at_test", "model.kwargs.at=2",
+               "model.kwargs.phase=train", "max_steps=8", "eval_transforms=[]")
+    first = train(cfg, quiet=True)
+    assert SignalAt.fired and first.stopped_by_signal
+    assert load_checkpoint(first.run_dir / "checkpoints" / "last.ckpt")["global_step"] == 3
+    assert [int(r["step"]) for r in csv.DictReader((first.run_dir / "history.csv").open())] == [2]
+    train(cfg, quiet=True)
+    assert [int(r["step"]) for r in csv.DictReader((first.run_dir / "history.csv").open())] == [2, 4, 6, 8]
 
 
 @pytest.mark.slow

@@ -72,10 +72,21 @@ class StopCheckpoint(Callback):
     """On SIGTERM, save ``last.ckpt`` at the next step boundary and stop: the training's one stop mechanism.
 
     Slurm's time-limit warning reaches the job script, which sends SIGTERM to the training and requeues the job
-    (:mod:`util.cluster.supervise`); a rerun or the requeued job resumes from ``last.ckpt``."""
+    (:mod:`util.cluster.supervise`); a rerun or the requeued job resumes from ``last.ckpt``.
 
-    def __init__(self, last_path: Path):
+    A step that ends with a validation (``step % val_every == 0``) is not stopped at its batch end: its
+    validation runs first (:class:`FinishValidationOnStop` keeps the signal from cutting it short when it fits the
+    grace time), ``last.ckpt`` is saved after it with its history row, and Lightning stops right after. Stopping
+    before that validation would resume past it, and the run would lose that history row for good.
+
+    Args:
+        last_path: where ``last.ckpt`` is written.
+        val_every: training steps between validations (the trainer's ``val_check_interval``).
+    """
+
+    def __init__(self, last_path: Path, val_every: int = 0):
         self.last_path = last_path
+        self.val_every = val_every
         self.saved_step = -1
         self.stopped_by_signal = False
 
@@ -86,8 +97,10 @@ class StopCheckpoint(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.received_sigterm:
-            self._save(trainer)
             self.stopped_by_signal = True
+            if self.val_every and trainer.global_step % self.val_every == 0:
+                return  # this step's validation comes first; Lightning raises SIGTERMException after it
+            self._save(trainer)
             raise SIGTERMException()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:

@@ -97,7 +97,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> RunResult:
     module = SegmentationModule(build_model(cfg.model.name, **model_kwargs(cfg)), cfg, total_steps, val_every)
 
     history = HistoryCallback(run_dir / "history.csv")
-    stopper = StopCheckpoint(last_ckpt)
+    stopper = StopCheckpoint(last_ckpt, val_every)
     best_cb = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/mF1", mode="max", save_top_k=1,
                               save_last=False, auto_insert_metric_name=False, enable_version_counter=False)
     last_cb = LastCheckpoint(last_ckpt, cfg.checkpoint_every_n_steps, val_every)
