@@ -294,6 +294,29 @@ def test_sigterm_at_a_validation_step_keeps_its_row_and_resumes(tiny_ocelot_root
     assert steps == [2, 4, 6, 8]
 
 
+@pytest.mark.parametrize("phase, at", [("eval", 2), ("train", 3)])
+def test_sigterm_in_a_validation_too_long_to_finish_keeps_the_previous_checkpoint(tiny_ocelot_root, tmp_path,
+                                                                                  monkeypatch, phase, at):
+    """The same two signals, but no validation fits the grace time: step 4's validation is abandoned, nothing is
+    saved over the step-2 last.ckpt, and the rerun trains steps 3-4 again and keeps every validation row."""
+    from util.training.callbacks import FinishValidationOnStop
+    monkeypatch.setattr(FinishValidationOnStop, "grace_s", 0.0)
+    register_model("signal_at_test", SignalAt)
+    SignalAt.fired = False
+    cfg = tiny(tiny_ocelot_root, tmp_path, "model.name=signal_at_test", f"model.kwargs.at={at}",
+               f"model.kwargs.phase={phase}", "max_steps=8", "eval_transforms=[]")
+    first = train(cfg, quiet=True)
+    assert SignalAt.fired and first.stopped_by_signal
+    ck = load_checkpoint(first.run_dir / "checkpoints" / "last.ckpt")
+    assert ck["global_step"] == 2
+    rows = json.loads(next(v for k, v in ck["callbacks"].items() if "HistoryCallback" in k)["rows"])
+    assert [r["step"] for r in rows] == [2]
+    second = train(cfg, quiet=True)
+    assert not second.stopped_by_signal and second.run_dir == first.run_dir
+    steps = [int(r["step"]) for r in csv.DictReader((first.run_dir / "history.csv").open())]
+    assert steps == [2, 4, 6, 8]
+
+
 def test_sigterm_between_validations_stops_at_that_step(tiny_ocelot_root, tmp_path):
     """SIGTERM inside step 3's training forward: the run stops at step 3 (no validation is waited for) and the
     rerun validates at 4, 6 and 8."""

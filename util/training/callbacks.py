@@ -77,7 +77,9 @@ class StopCheckpoint(Callback):
     A step that ends with a validation (``step % val_every == 0``) is not stopped at its batch end: its
     validation runs first (:class:`FinishValidationOnStop` keeps the signal from cutting it short when it fits the
     grace time), ``last.ckpt`` is saved after it with its history row, and Lightning stops right after. Stopping
-    before that validation would resume past it, and the run would lose that history row for good.
+    before that validation would resume past it, and the run would lose that history row for good. For the same
+    reason a validation abandoned part-way (longer than the grace time) saves nothing: the ``last.ckpt`` of the
+    previous validation (or of ``checkpoint_every_n_steps``) is kept, and the rerun trains those steps again.
 
     Args:
         last_path: where ``last.ckpt`` is written.
@@ -89,6 +91,7 @@ class StopCheckpoint(Callback):
         self.val_every = val_every
         self.saved_step = -1
         self.stopped_by_signal = False
+        self.in_validation = False
 
     def _save(self, trainer) -> None:
         if self.saved_step != trainer.global_step:
@@ -103,9 +106,20 @@ class StopCheckpoint(Callback):
             self._save(trainer)
             raise SIGTERMException()
 
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.in_validation = not trainer.sanity_checking
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.in_validation = False
+
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
             self.stopped_by_signal = True
+            if self.in_validation:
+                if trainer.is_global_zero:
+                    print(f"stop signal: the validation of step {trainer.global_step} was abandoned; keeping the "
+                          "previous last.ckpt, so the rerun trains those steps again", flush=True)
+                return
             if self.saved_step != trainer.global_step and trainer.global_step > 0:
                 self._save(trainer)
 
@@ -114,7 +128,8 @@ class StopCheckpoint(Callback):
 class FinishValidationOnStop(Callback):
     """A stop signal that lands inside a validation waits for that validation to finish, when it will within
     ``grace_s`` seconds (estimated from the batches so far), so its history row and best-checkpoint chance
-    are kept and ``last.ckpt`` is saved after it; a longer validation is abandoned as Lightning does.
+    are kept and ``last.ckpt`` is saved after it; a longer validation is abandoned as Lightning does (and
+    :class:`StopCheckpoint` keeps the previous ``last.ckpt``).
 
     Lightning checks ``trainer.received_sigterm`` after every validation batch and raises ``SIGTERMException``;
     this callback hides the flag while the validation finishes and sets it again at its end (the training
@@ -122,8 +137,11 @@ class FinishValidationOnStop(Callback):
     script passes it on as SIGTERM).
     """
 
-    def __init__(self, grace_s: float = 60.0):
-        self.grace_s = grace_s
+    grace_s: float = 60.0  #: the longest a validation may still take after the signal to be finished
+
+    def __init__(self, grace_s: float | None = None):
+        if grace_s is not None:
+            self.grace_s = grace_s
         self.deferred = False
         self._t0 = 0.0
 
