@@ -271,27 +271,40 @@ class SignalAt(UNet):
         return super().forward(x)
 
 
+def signalled_run(root: Path, runs: Path, phase: str, at: int):
+    """Train the tiny config for 8 steps (validation every 2) with :class:`SignalAt` sending SIGTERM once;
+    returns the config and the stopped run."""
+    register_model("signal_at_test", SignalAt)
+    SignalAt.fired = False
+    cfg = tiny(root, runs, "model.name=signal_at_test", f"model.kwargs.at={at}", f"model.kwargs.phase={phase}",
+               "max_steps=8", "eval_transforms=[]")
+    first = train(cfg, quiet=True)
+    assert SignalAt.fired and first.stopped_by_signal
+    return cfg, first
+
+
+def history_steps(run_dir: Path) -> list[int]:
+    return [int(r["step"]) for r in csv.DictReader((run_dir / "history.csv").open())]
+
+
+def last_checkpoint_steps(run_dir: Path) -> tuple[int, list[int]]:
+    """``last.ckpt``'s global step and the validation steps of the history rows it holds."""
+    ck = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    rows = json.loads(next(v for k, v in ck["callbacks"].items() if "HistoryCallback" in k)["rows"])
+    return ck["global_step"], [r["step"] for r in rows]
+
+
 @pytest.mark.parametrize("phase, at", [("eval", 2), ("train", 3)])
 def test_sigterm_at_a_validation_step_keeps_its_row_and_resumes(tiny_ocelot_root, tmp_path, phase, at):
     """SIGTERM on the first batch of step 4's validation (2 val images, 2 steps per pass), or inside step 4's
     training forward (before its optimizer step and validation): the validation runs to its end, its row is in
     history.csv and in last.ckpt (step 4); the rerun completes every validation."""
-    register_model("signal_at_test", SignalAt)
-    SignalAt.fired = False
-    cfg = tiny(tiny_ocelot_root, tmp_path, "model.name=signal_at_test", f"model.kwargs.at={at}",
-               f"model.kwargs.phase={phase}", "max_steps=8", "eval_transforms=[]")
-    first = train(cfg, quiet=True)
-    assert SignalAt.fired and first.stopped_by_signal
-    steps = [int(r["step"]) for r in csv.DictReader((first.run_dir / "history.csv").open())]
-    assert steps == [2, 4]
-    ck = load_checkpoint(first.run_dir / "checkpoints" / "last.ckpt")
-    assert ck["global_step"] == 4
-    rows = json.loads(next(v for k, v in ck["callbacks"].items() if "HistoryCallback" in k)["rows"])
-    assert [r["step"] for r in rows] == [2, 4]
+    cfg, first = signalled_run(tiny_ocelot_root, tmp_path, phase, at)
+    assert history_steps(first.run_dir) == [2, 4]
+    assert last_checkpoint_steps(first.run_dir) == (4, [2, 4])
     second = train(cfg, quiet=True)
     assert not second.stopped_by_signal and second.run_dir == first.run_dir
-    steps = [int(r["step"]) for r in csv.DictReader((first.run_dir / "history.csv").open())]
-    assert steps == [2, 4, 6, 8]
+    assert history_steps(first.run_dir) == [2, 4, 6, 8]
 
 
 @pytest.mark.parametrize("phase, at", [("eval", 2), ("train", 3)])
@@ -301,35 +314,21 @@ def test_sigterm_in_a_validation_too_long_to_finish_keeps_the_previous_checkpoin
     saved over the step-2 last.ckpt, and the rerun trains steps 3-4 again and keeps every validation row."""
     from util.training.callbacks import FinishValidationOnStop
     monkeypatch.setattr(FinishValidationOnStop, "grace_s", 0.0)
-    register_model("signal_at_test", SignalAt)
-    SignalAt.fired = False
-    cfg = tiny(tiny_ocelot_root, tmp_path, "model.name=signal_at_test", f"model.kwargs.at={at}",
-               f"model.kwargs.phase={phase}", "max_steps=8", "eval_transforms=[]")
-    first = train(cfg, quiet=True)
-    assert SignalAt.fired and first.stopped_by_signal
-    ck = load_checkpoint(first.run_dir / "checkpoints" / "last.ckpt")
-    assert ck["global_step"] == 2
-    rows = json.loads(next(v for k, v in ck["callbacks"].items() if "HistoryCallback" in k)["rows"])
-    assert [r["step"] for r in rows] == [2]
+    cfg, first = signalled_run(tiny_ocelot_root, tmp_path, phase, at)
+    assert last_checkpoint_steps(first.run_dir) == (2, [2])
     second = train(cfg, quiet=True)
     assert not second.stopped_by_signal and second.run_dir == first.run_dir
-    steps = [int(r["step"]) for r in csv.DictReader((first.run_dir / "history.csv").open())]
-    assert steps == [2, 4, 6, 8]
+    assert history_steps(first.run_dir) == [2, 4, 6, 8]
 
 
 def test_sigterm_between_validations_stops_at_that_step(tiny_ocelot_root, tmp_path):
     """SIGTERM inside step 3's training forward: the run stops at step 3 (no validation is waited for) and the
     rerun validates at 4, 6 and 8."""
-    register_model("signal_at_test", SignalAt)
-    SignalAt.fired = False
-    cfg = tiny(tiny_ocelot_root, tmp_path, "model.name=signal_at_test", "model.kwargs.at=2",
-               "model.kwargs.phase=train", "max_steps=8", "eval_transforms=[]")
-    first = train(cfg, quiet=True)
-    assert SignalAt.fired and first.stopped_by_signal
+    cfg, first = signalled_run(tiny_ocelot_root, tmp_path, "train", 2)
     assert load_checkpoint(first.run_dir / "checkpoints" / "last.ckpt")["global_step"] == 3
-    assert [int(r["step"]) for r in csv.DictReader((first.run_dir / "history.csv").open())] == [2]
+    assert history_steps(first.run_dir) == [2]
     train(cfg, quiet=True)
-    assert [int(r["step"]) for r in csv.DictReader((first.run_dir / "history.csv").open())] == [2, 4, 6, 8]
+    assert history_steps(first.run_dir) == [2, 4, 6, 8]
 
 
 @pytest.mark.slow
