@@ -10,6 +10,7 @@ import pytest
 from tests.test_study import REPO, write_study
 from util.config import ConfigError, load_config
 from util.study import Runner, child_env, choose_lr, expand_points, in_shard, load_study, point_status
+from util.study.points import fixed_lr_words
 
 
 def test_points_reuse_the_winning_search_run_and_split_into_shards(tmp_path, tiny_ocelot_root):
@@ -147,6 +148,8 @@ def test_a_fixed_per_arm_rate_is_used_without_a_search_and_refused_with_one(tmp_
     assert recipe != 3e-4
     got = {p.arm.label: (p.learning_rate, p.config.learning_rate) for p in expand_points(study)}
     assert got == {"plain_none": (3e-4, 3e-4), "moment_none": (recipe, recipe)}
+    assert fixed_lr_words(study) == (f"the recipe's learning rate {recipe:g}, except plain_none, which set their "
+                                     f"own in the study file (the lr column; no search)")
 
 
 @pytest.mark.parametrize("name", ["brca_cpu", "brca_gpu", "ocelot_gpu"])

@@ -14,7 +14,7 @@ import torch
 
 from util.study import costs, store
 from util.study.runner import default_threads, point_status
-from util.study.points import Point, base_config, expand_points, in_shard, point_config
+from util.study.points import Point, base_config, expand_points, fixed_lr_words, in_shard, point_config
 from util.study.spec import Study
 
 
@@ -103,7 +103,7 @@ def plan_text(study: Study, rows: Sequence[dict[str, Any]], totals: dict[str, An
     unit = "CPU-hours" if totals["device"] == "cpu" else f"{totals['device']} device-hours"
     budget = f"budget: {study.max_steps} optimizer steps per run (the same for every arm)"
     lr = (f"learning-rate search: {study.lr_values} on seed {study.lr_seed} at fraction {study.lr_fraction:g}"
-          if study.lr_values else "learning rate: the recipe's (no search)")
+          if study.lr_values else f"learning rate: {fixed_lr_words(study)}")
     base = base_config(study)
     method = (f"params: trainable parameters; MACs/px: convolution multiply-accumulates per pixel of one eval "
               f"forward at the {base.data.crop_size}² crop (FlopCounterMode FLOPs / 2); s/step: median of timed "

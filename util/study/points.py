@@ -181,6 +181,18 @@ def choose_lr(study: Study, arm: str, rows: Mapping[str, Mapping[str, Any]]) -> 
     return best, scores
 
 
+def fixed_lr_words(study: Study) -> str:
+    """How a study without a search sets its learning rates, in words (for the plan and the report)."""
+    own = [a.label for a in study.arms if a.overrides.get("learning_rate") is not None]
+    recipe = f"{base_config(study).learning_rate:g}"
+    if not own:
+        return f"every arm uses the recipe's learning rate {recipe} (no search)"
+    if len(own) == len(study.arms):
+        return "every arm sets its own learning rate in the study file (the lr column; no search)"
+    return (f"the recipe's learning rate {recipe}, except {', '.join(own)}, which set their own in the study "
+            f"file (the lr column; no search)")
+
+
 def _float(v: Any) -> float:
     try:
         f = float(v)
