@@ -50,18 +50,28 @@ def resolve_run_dir(cfg: ExperimentConfig) -> Path:
 
 
 
+#: git pathspecs that :func:`git_commit` leaves out of "dirty" (relative to the repository root)
+GIT_DIRTY_IGNORES = (":(top,exclude)results", ":(top,exclude)runs", ":(top,exclude)visualization",
+                     ":(top,exclude,glob)**/*.md")
+
+
 def git_commit(repo: Path | None = None) -> dict[str, Any]:
-    repo = repo or Path(__file__).resolve().parents[1]
+    """``{"commit": HEAD sha, "dirty": whether the code differs from it}`` of the repository at ``repo`` (default:
+    this project's root); None values where git cannot say.
+
+    "Dirty" looks at the whole working tree (``model/``, ``util/``, ``configs/``, notebooks, ...), except what
+    cannot change a training's result: study results (``results/``), run folders (``runs/``), figures
+    (``visualization/``) and Markdown files.
+    """
+    repo = repo or Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-        # dirty: the code differs from the commit; study results and run folders written beside it do not count
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", ":(exclude)results", ":(exclude)runs"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", ":/", *GIT_DIRTY_IGNORES],
                                cwd=repo, capture_output=True, text=True, timeout=10)
         return {"commit": sha.stdout.strip() if sha.returncode == 0 else None,
                 "dirty": bool(dirty.stdout.strip()) if dirty.returncode == 0 else None}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
-
 
 
 def environment_info() -> dict[str, Any]:

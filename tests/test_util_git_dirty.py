@@ -1,0 +1,69 @@
+"""``git_commit``: the commit and "dirty" flag every run records (``env.json``, the study's ``runs.csv``)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from util.training.runs import git_commit
+
+pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture()
+def repo(tmp_path: Path) -> Path:
+    """A repository laid out like this project, with one commit."""
+    for rel in ("model/net.py", "util/training/runs.py", "configs/a.yaml", "README.md", "results/s/runs.csv"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    return tmp_path
+
+
+def test_clean_tree_records_head(repo: Path):
+    assert git_commit(repo) == {"commit": _git(repo, "rev-parse", "HEAD"), "dirty": False}
+
+
+@pytest.mark.parametrize("rel", ["model/net.py", "configs/a.yaml", "util/training/runs.py", "model/new.py"])
+def test_code_changes_anywhere_are_dirty(repo: Path, rel: str):
+    """A change under model/ or configs/ counts, not only under util/ (it once looked at util/ alone)."""
+    (repo / rel).write_text("changed\n")
+    assert git_commit(repo)["dirty"] is True
+
+
+def test_results_runs_figures_and_docs_are_not_dirty(repo: Path):
+    (repo / "README.md").write_text("edited\n")
+    (repo / "results/s/runs.csv").write_text("a new row\n")
+    (repo / "results/s/points").mkdir()
+    (repo / "results/s/points/p.json").write_text("{}\n")
+    (repo / "visualization/s").mkdir(parents=True)
+    (repo / "visualization/s/fig.png").write_bytes(b"png")
+    (repo / "runs/s/run-1").mkdir(parents=True)
+    (repo / "runs/s/run-1/metrics.json").write_text("{}\n")
+    assert git_commit(repo)["dirty"] is False
+    (repo / "model/net.py").write_text("changed\n")
+    assert git_commit(repo)["dirty"] is True
+
+
+def test_run_from_a_subfolder_sees_the_whole_tree(repo: Path):
+    (repo / "model/net.py").write_text("changed\n")
+    assert git_commit(repo / "util")["dirty"] is True
+
+
+def test_default_is_this_project(tmp_path: Path):
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    assert git_commit()["commit"] == _git(root, "rev-parse", "HEAD")
+
+
+def test_outside_a_repository_gives_none(tmp_path: Path):
+    assert git_commit(tmp_path) == {"commit": None, "dirty": None}
