@@ -205,15 +205,25 @@ def _device_name(metrics: Mapping[str, Any], device: Mapping[str, Any]) -> str:
 
 
 def point_record(point: Point, row: Mapping[str, Any], metrics: Mapping[str, Any],
-                 history: Mapping[str, list]) -> dict[str, Any]:
-    """The ``points/<point>.json`` document: labels, validation curve, per-image counts of every test set."""
+                 history: Mapping[str, list], env: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``points/<point>.json`` document: labels, validation curve, per-image counts of every test set, and
+    the software and CPU it ran on (:func:`environment_summary`), so a rerun that differs can be told why."""
     tests = {k: per_image_table(v) for k, v in metrics.items()
              if (k == "test" or k.startswith("test_")) and isinstance(v, dict) and "per_image" in v}
     labels = {k: row[k] for k in ("stage", "arm", "model", "group", "preset", "fraction", "seed", "comparison",
                                   "learning_rate", "width", "parameters")}
     return {"point": point.id, "study": row["study"], "labels": labels, "config_hash": row["config_hash"],
             "run_id": row["run_id"], "source_point": row["source_point"], "history": dict(history),
-            "test_sets": tests}
+            "test_sets": tests, "environment": environment_summary(env or {})}
+
+
+def environment_summary(env: Mapping[str, Any]) -> dict[str, Any]:
+    """What of a run's ``env.json`` decides its numbers: Python, package versions, CPU model and kernel
+    instruction set, GPUs (no hostname, no environment variables)."""
+    device = env.get("device") or {}
+    return {"python": env.get("python"), "packages": env.get("packages") or {},
+            "cpu_model": device.get("cpu_model"), "cpu_capability": device.get("cpu_capability"),
+            "gpus": device.get("gpus")}
 
 
 def write_point_record(study: Study, record: Mapping[str, Any]) -> Path:
@@ -239,7 +249,7 @@ def harvest(study: Study, point: Point, macs_per_px: float | None) -> dict[str, 
     env_path = folder / "env.json"
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     row = point_row(point, metrics, env, macs_per_px, study)
-    write_point_record(study, point_record(point, row, metrics, read_history(folder / "history.csv")))
+    write_point_record(study, point_record(point, row, metrics, read_history(folder / "history.csv"), env))
     upsert_row(runs_csv(study), row, lock_path(study))
     return row
 

@@ -74,6 +74,17 @@ def git_commit(repo: Path | None = None) -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere); None when unknown."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def environment_info() -> dict[str, Any]:
     """Package versions, git commit, device (no environment variables, so no secrets)."""
     from importlib import metadata
@@ -86,7 +97,10 @@ def environment_info() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             pkgs[name] = None
     dev: dict[str, Any] = {"cuda": torch.cuda.is_available(), "cpu_threads": torch.get_num_threads(),
-                           "cpu_count": os.cpu_count()}
+                           "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
+                           # the instruction set PyTorch's CPU kernels dispatch to (AVX2, AVX512, ...): another
+                           # one gives other floating-point results, so a rerun elsewhere need not be bit-identical
+                           "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     if torch.cuda.is_available():
         dev["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": pkgs,

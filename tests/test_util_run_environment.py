@@ -1,4 +1,5 @@
-"""``git_commit``: the commit and "dirty" flag every run records (``env.json``, the study's ``runs.csv``)."""
+"""What every run records about where it ran: the git commit and "dirty" flag (``env.json``, the study's
+``runs.csv``) and the software and CPU summary kept in a study's ``points/*.json``."""
 from __future__ import annotations
 
 import shutil
@@ -7,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from util.training.runs import git_commit
+from util.study.store import environment_summary
+from util.training.runs import environment_info, git_commit
 
-pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -28,10 +30,12 @@ def repo(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@needs_git
 def test_clean_tree_records_head(repo: Path):
     assert git_commit(repo) == {"commit": _git(repo, "rev-parse", "HEAD"), "dirty": False}
 
 
+@needs_git
 @pytest.mark.parametrize("rel", ["model/net.py", "configs/a.yaml", "util/training/runs.py", "model/new.py"])
 def test_code_changes_anywhere_are_dirty(repo: Path, rel: str):
     """A change under model/ or configs/ counts, not only under util/ (it once looked at util/ alone)."""
@@ -39,6 +43,7 @@ def test_code_changes_anywhere_are_dirty(repo: Path, rel: str):
     assert git_commit(repo)["dirty"] is True
 
 
+@needs_git
 def test_results_runs_figures_and_docs_are_not_dirty(repo: Path):
     (repo / "README.md").write_text("edited\n")
     (repo / "results/s/runs.csv").write_text("a new row\n")
@@ -53,11 +58,13 @@ def test_results_runs_figures_and_docs_are_not_dirty(repo: Path):
     assert git_commit(repo)["dirty"] is True
 
 
+@needs_git
 def test_run_from_a_subfolder_sees_the_whole_tree(repo: Path):
     (repo / "model/net.py").write_text("changed\n")
     assert git_commit(repo / "util")["dirty"] is True
 
 
+@needs_git
 def test_default_is_this_project(tmp_path: Path):
     root = Path(__file__).resolve().parents[1]
     if not (root / ".git").exists():
@@ -65,5 +72,20 @@ def test_default_is_this_project(tmp_path: Path):
     assert git_commit()["commit"] == _git(root, "rev-parse", "HEAD")
 
 
+@needs_git
 def test_outside_a_repository_gives_none(tmp_path: Path):
     assert git_commit(tmp_path) == {"commit": None, "dirty": None}
+
+
+def test_environment_names_packages_and_the_cpu_kernels():
+    env = environment_info()
+    assert env["packages"]["torch"] and env["python"]
+    assert isinstance(env["device"]["cpu_capability"], str) and env["device"]["cpu_capability"]  # e.g. "AVX2"
+    summary = environment_summary(env)
+    assert summary["packages"] == env["packages"] and summary["cpu_capability"] == env["device"]["cpu_capability"]
+    assert "hostname" not in summary and "git" not in summary
+
+
+def test_environment_summary_of_an_old_run_without_env_json():
+    assert environment_summary({}) == {"python": None, "packages": {}, "cpu_model": None, "cpu_capability": None,
+                                       "gpus": None}
