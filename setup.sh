@@ -21,6 +21,8 @@ Options:
                      the development machines). For a CUDA cluster use e.g.
                        --torch 'torch==2.5.1' --torch-index https://download.pytorch.org/whl/cu124
   --torch-index URL  extra index URL for torch (e.g. a CUDA wheel index)
+  --locked           install the exact package versions of requirements-lock.txt (those the committed
+                     study rows were last trained with) instead of the newest that pyproject.toml allows
   --no-data          do not create the synthetic data set
   --ocelot           also download the real OCELOT 2023 set into data/ocelot (about 9 GB, CC BY-NC-SA 4.0)
   --force            redo every step even when it looks done
@@ -42,6 +44,7 @@ TORCH_INDEX=""
 MAKE_DATA=1
 GET_OCELOT=0
 FORCE=0
+LOCKED=0
 ESCNN_SPEC="escnn==1.0.11"
 
 value_of() { # OPTION NEXT-ARGUMENT...: the option's value, or a clear error when it has none
@@ -61,6 +64,7 @@ while [[ $# -gt 0 ]]; do
     --torch) TORCH_SPEC="$(value_of "$@")"; shift ;;
     --torch-index) TORCH_INDEX="$(value_of "$@")"; shift ;;
     --no-data) MAKE_DATA=0 ;;
+    --locked) LOCKED=1 ;;
     --ocelot) GET_OCELOT=1 ;;
     --force) FORCE=1 ;;
     -h|--help) usage; exit 0 ;;
@@ -96,10 +100,16 @@ else
   PY="$(cd "$VENV" && pwd)/bin/python"
 fi
 PIP=("$PY" -m pip install -q)
+LOCK_ARGS=()
+if [[ $LOCKED == 1 ]]; then
+  [[ -f requirements-lock.txt ]] || { echo "setup.sh: --locked needs requirements-lock.txt in $ROOT" >&2; exit 1; }
+  LOCK_ARGS=(-c requirements-lock.txt)
+fi
 
 # Fingerprint of everything that decides what gets installed: a second run with the same inputs skips.
 STAMP="$("$PY" -c 'import sys; print(sys.prefix)')/.equivariant-ocelot-setup"
 FINGERPRINT="$(cat pyproject.toml environment.yml | sha256sum | cut -c1-16) $TORCH_SPEC $TORCH_INDEX $ESCNN_SPEC"
+[[ $LOCKED == 1 ]] && FINGERPRINT="$FINGERPRINT locked:$(sha256sum < requirements-lock.txt | cut -c1-16)"
 
 if [[ $FORCE == 0 && -f "$STAMP" && "$(cat "$STAMP")" == "$FINGERPRINT" ]] \
    && "$PY" -c 'import model, util, escnn, e2cnn' 2>/dev/null; then
@@ -114,7 +124,7 @@ else
   fi
   # -------------------------------------------------------------- project (pulls escnn's other deps, e2cnn)
   step "this project, editable, with extras notebooks,tracking,dev"
-  "${PIP[@]}" -e ".[notebooks,tracking,dev]" "$TORCH_SPEC"
+  "${PIP[@]}" -e ".[notebooks,tracking,dev]" "$TORCH_SPEC" ${LOCK_ARGS[@]+"${LOCK_ARGS[@]}"}
   # -------------------------------------------------------------- escnn without py3nj (no Fortran needed)
   step "escnn ($ESCNN_SPEC, --no-deps: its py3nj dependency needs Fortran and only serves 3D groups)"
   "${PIP[@]}" --no-deps "$ESCNN_SPEC"

@@ -78,3 +78,35 @@ def test_version_bound_change_is_detected():
     pyproject = (ROOT / "pyproject.toml").read_text()
     env = (ROOT / "environment.yml").read_text().replace("numpy>=1.24,<2", "numpy>=1.24")
     assert any("numpy" in p for p in drift(pyproject, env))
+
+
+def lock_pins(text: str) -> dict[str, str]:
+    """{normalised name: version} of requirements-lock.txt's ``name==version`` lines."""
+    out = {}
+    for line in text.splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            req = Requirement(line)
+            pins = [s.version for s in req.specifier if s.operator == "=="]
+            assert len(pins) == 1, f"requirements-lock.txt: {line!r} is not an exact pin"
+            out[_norm(req.name)] = pins[0]
+    return out
+
+
+def test_lock_pins_every_dependency_within_its_range():
+    """`setup.sh --locked` installs requirements-lock.txt: it must pin each pyproject dependency (torch comes from
+    --torch) to a version its range allows, else the lock has drifted from pyproject.toml."""
+    pins = lock_pins((ROOT / "requirements-lock.txt").read_text())
+    for name, spec in pyproject_requirements((ROOT / "pyproject.toml").read_text()).items():
+        if name == "torch":
+            assert name not in pins  # the build (CPU, CUDA) is the machine's: --torch
+            continue
+        assert name in pins, f"{name} is a dependency but requirements-lock.txt does not pin it"
+        assert Requirement(f"{name}{spec}").specifier.contains(pins[name], prereleases=True), \
+            f"requirements-lock.txt pins {name}=={pins[name]}, outside pyproject.toml's '{spec}'"
+
+
+def test_lock_check_sees_a_pin_outside_the_range():
+    assert not Requirement("numpy>=1.24,<2").specifier.contains(lock_pins("numpy==2.1.0\n")["numpy"])
+    with pytest.raises(AssertionError, match="not an exact pin"):
+        lock_pins("numpy>=1.24\n")
