@@ -48,18 +48,15 @@ def _loader(module, cfg, steps):
                            collate_fn=collate)
 
 
-def bare_loop(cfg, steps: int, warmup: int) -> float:
-    """Samples/s of a hand-written loop over the timed steps."""
-    module = _module(cfg, steps)
-    loader = _loader(module, cfg, steps)
+def bare_steps(module, loader):
+    """Train ``module.model`` by hand over ``loader`` (forward, loss, backward, clipping, optimizer and scheduler
+    steps, as the engine does); yield ``(step, batch, loss)`` after each optimizer step."""
+    cfg = module.cfg
     opt_cfg = module.configure_optimizers()
     opt = opt_cfg["optimizer"] if isinstance(opt_cfg, dict) else opt_cfg
     sched = opt_cfg["lr_scheduler"]["scheduler"] if isinstance(opt_cfg, dict) else None
     model, loss_fn = module.model.train(), module.loss_fn
-    n, t0 = 0, None
     for step, batch in enumerate(loader):
-        if step == warmup:
-            t0 = time.perf_counter()
         logits = model(batch["image"])
         loss = loss_fn(logits, batch["mask"].unsqueeze(1))
         if not torch.isfinite(loss):
@@ -71,6 +68,16 @@ def bare_loop(cfg, steps: int, warmup: int) -> float:
         opt.step()
         if sched is not None:
             sched.step()
+        yield step, batch, loss
+
+
+def bare_loop(cfg, steps: int, warmup: int) -> float:
+    """Samples/s of a hand-written loop over the timed steps."""
+    module = _module(cfg, steps)
+    n, t0 = 0, time.perf_counter()
+    for step, batch, _ in bare_steps(module, _loader(module, cfg, steps)):
+        if step == warmup - 1:
+            t0 = time.perf_counter()
         if step >= warmup:
             n += batch["image"].shape[0]
     return n / (time.perf_counter() - t0)

@@ -238,6 +238,7 @@ def test_reproduce_trains_a_point_again_and_compares_with_its_row(tiny_study, tm
     assert study_main(args + ["--tolerance", "1e-5"]) == 0  # the same threads: the same numbers
     out = capsys.readouterr().out
     assert "within the tolerance 1e-05" in out and "lr-plain_none-0.003" in out
+    assert "environment of lr-plain_none-0.003: the same" in out  # same machine, packages and settings
     assert (tiny_study.out / "results" / "tiny_study" / "runs.csv").read_bytes() == committed
     real = store.read_rows
 

@@ -2,13 +2,14 @@
 ``runs.csv``) and the software and CPU summary kept in a study's ``points/*.json``."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from util.study.store import environment_summary
+from util.study.store import environment_differences, environment_summary
 from util.training.runs import environment_info, git_commit
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
@@ -88,4 +89,41 @@ def test_environment_names_packages_and_the_cpu_kernels():
 
 def test_environment_summary_of_an_old_run_without_env_json():
     assert environment_summary({}) == {"python": None, "packages": {}, "cpu_model": None, "cpu_capability": None,
-                                       "gpus": None}
+                                       "numerics_settings": {}, "gpus": None}
+
+
+def test_environment_keeps_the_numerics_variables_that_are_set_and_no_others(monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    monkeypatch.setenv("COMET_API_KEY", "secret-value")
+    env = environment_info()
+    assert env["device"]["numerics_settings"].get("ONEDNN_MAX_CPU_ISA") == "AVX2"
+    assert "MKL_CBWR" not in env["device"]["numerics_settings"]
+    assert "secret-value" not in json.dumps(env)
+    assert environment_summary(env)["numerics_settings"] == env["device"]["numerics_settings"]
+
+
+def _summary(**changes):
+    base = {"python": "3.11.9", "packages": {"torch": "2.13.0", "numpy": "1.26.4"}, "cpu_model": "AMD EPYC 7B13",
+            "cpu_capability": "AVX2", "numerics_settings": {}, "gpus": None}
+    return {**base, **changes}
+
+
+def test_environment_differences_names_each_changed_field():
+    assert environment_differences(_summary(), _summary()) == []
+    diff = environment_differences(_summary(), _summary(cpu_model="Intel(R) Xeon(R) Processor", cpu_capability="AVX512",
+                                                        packages={"torch": "2.13.0", "numpy": "1.26.3"},
+                                                        numerics_settings={"MKL_CBWR": "AVX2"}))
+    assert diff == ["cpu_model: 'AMD EPYC 7B13' → 'Intel(R) Xeon(R) Processor'", "cpu_capability: 'AVX2' → 'AVX512'",
+                    "numpy: '1.26.4' → '1.26.3'", "MKL_CBWR: None → 'AVX2'"]
+
+
+def test_environment_differences_ignores_packages_one_side_did_not_list():
+    newer = _summary(packages={"torch": "2.13.0", "numpy": "1.26.4", "albucore": "0.0.24"})
+    assert environment_differences(_summary(), newer) == []
+
+
+def test_environment_differences_of_a_row_without_an_environment():
+    for committed in (None, {}, environment_summary({})):
+        (line,) = environment_differences(committed, _summary())
+        assert line.startswith("not recorded")

@@ -6,7 +6,10 @@ Each named point is trained afresh with its own configuration (the one its row's
 a scratch folder (default ``runs/<study>-reproduce/``, emptied first for those points), as a ``python -m
 util.train`` subprocess with the thread count its row records (CPU rows also on the CPU here); ``--jobs N``
 runs N at once. It prints the committed and the rerun test mF1 with their difference and returns 0 when every
-difference is within ``--tolerance`` (default 0.005), else 1. The committed files are not touched.
+difference is within ``--tolerance`` (default 0.005), else 1. Under the table it names what differs between
+the environment the committed row recorded (``points/<point>.json``) and the rerun's (``env.json``): CPU model,
+kernel instruction set, package versions, numerics settings (:func:`store.environment_differences`). Training
+is bit-identical only where none differs. The committed files are not touched.
 """
 from __future__ import annotations
 
@@ -103,6 +106,12 @@ def reproduce(study: Study, ids: list[str], tolerance: float = 0.005, jobs: int 
         diff = float(job.rerun) - job.committed  # type: ignore[arg-type]
         worst = max(worst, abs(diff))
         echo(f"{job.point.id:<28} {job.committed:>10.5f} {job.rerun:>10.5f} {diff:>+11.5f}")
+    records = store.read_point_records(study)
+    for job in done:
+        committed_env = (records.get(job.point.id) or {}).get("environment")
+        rerun_env = store.environment_summary(json.loads((job.run_dir / "env.json").read_text()))
+        differences = store.environment_differences(committed_env, rerun_env)
+        echo(f"environment of {job.point.id}: " + ("; ".join(differences) if differences else "the same"))
     ok = not failed and worst <= tolerance
     echo(f"largest |difference| {worst:.5f}: {'within' if ok else 'NOT within'} the tolerance {tolerance}"
          + (f"; failed: {', '.join(failed)}" if failed else ""))

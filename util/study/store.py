@@ -223,7 +223,28 @@ def environment_summary(env: Mapping[str, Any]) -> dict[str, Any]:
     device = env.get("device") or {}
     return {"python": env.get("python"), "packages": env.get("packages") or {},
             "cpu_model": device.get("cpu_model"), "cpu_capability": device.get("cpu_capability"),
-            "gpus": device.get("gpus")}
+            "numerics_settings": device.get("numerics_settings") or {}, "gpus": device.get("gpus")}
+
+
+def environment_differences(committed: Mapping[str, Any] | None, rerun: Mapping[str, Any]) -> list[str]:
+    """What differs between two :func:`environment_summary` documents, one line each (``"cpu_capability:
+    'AVX2' → 'AVX512'"``); ``["not recorded ..."]`` when the committed one is missing or empty (rows trained
+    before environments were kept). An empty list: same Python, packages, CPU, numerics settings and GPUs."""
+    if not committed or not committed.get("python"):
+        return ["not recorded for the committed row (trained before rows kept their environment)"]
+    out = []
+    for key in ("python", "cpu_model", "cpu_capability", "gpus"):
+        if committed.get(key) != rerun.get(key):
+            out.append(f"{key}: {committed.get(key)!r} → {rerun.get(key)!r}")
+    old_pkgs, new_pkgs = committed.get("packages") or {}, rerun.get("packages") or {}
+    for name in sorted(set(old_pkgs) & set(new_pkgs)):  # a package one side did not list is not a difference
+        if old_pkgs[name] != new_pkgs[name]:
+            out.append(f"{name}: {old_pkgs[name]!r} → {new_pkgs[name]!r}")
+    old_set, new_set = committed.get("numerics_settings") or {}, rerun.get("numerics_settings") or {}
+    for name in sorted(set(old_set) | set(new_set)):  # unset on one side is a difference
+        if old_set.get(name) != new_set.get(name):
+            out.append(f"{name}: {old_set.get(name)!r} → {new_set.get(name)!r}")
+    return out
 
 
 def write_point_record(study: Study, record: Mapping[str, Any]) -> Path:

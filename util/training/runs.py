@@ -85,13 +85,21 @@ def cpu_model() -> str | None:
     return platform.processor() or None
 
 
+# Environment variables that change CPU floating-point results without changing any package: the instruction
+# set of PyTorch's own kernels (ATen), of oneDNN's convolutions, of MKL's matrix products and exp/log and of
+# OpenCV's image operations (the augmentations).
+NUMERICS_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_CBWR",
+                      "MKL_ENABLE_INSTRUCTIONS", "MKL_DEBUG_CPU_TYPE", "OPENCV_CPU_DISABLE")
+
+
 def environment_info() -> dict[str, Any]:
-    """Package versions, git commit, device (no environment variables, so no secrets)."""
+    """Package versions, git commit, device (of the environment variables only the :data:`NUMERICS_VARIABLES`
+    that are set, so no secrets)."""
     from importlib import metadata
 
     pkgs = {}
     for name in ("torch", "lightning", "monai", "torchmetrics", "numpy", "scipy", "albumentations", "escnn", "e2cnn",
-                 "comet_ml", "pyyaml", "pandas"):
+                 "comet_ml", "pyyaml", "pandas", "opencv-python-headless", "albucore"):
         try:
             pkgs[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -100,7 +108,8 @@ def environment_info() -> dict[str, Any]:
                            "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
                            # the instruction set PyTorch's CPU kernels dispatch to (AVX2, AVX512, ...): another
                            # one gives other floating-point results, so a rerun elsewhere need not be bit-identical
-                           "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+                           "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                           "numerics_settings": {k: os.environ[k] for k in NUMERICS_VARIABLES if k in os.environ}}
     if torch.cuda.is_available():
         dev["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": pkgs,
