@@ -17,6 +17,10 @@ and prints a SHA-1 of the first batch's images (the data pipeline) and of every 
   x86-64 CPU since about 2015 has AVX2).
 * ``compatible``: ``ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_CBWR=COMPATIBLE``; the oldest.
 
+oneMKL documents its ``AVX2`` reproducibility branch for Intel CPUs only (elsewhere it uses its automatic
+branch), and oneDNN documents none, so ``avx2`` can agree between Intel machines; only ``compatible`` is a
+candidate for agreement between AMD and Intel ones, and only a measured fingerprint on both can tell.
+
 Equal weight hashes on two machines for a mode mean a training under that mode gives the same numbers on both
 (the same kernels, the same inputs); a different hash means it will not. ``--reference`` compares each mode
 with the rows of a CSV recorded on other machines (``--record`` appends this machine's rows to one); the
