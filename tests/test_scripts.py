@@ -111,7 +111,8 @@ def test_setup_rerun_skips_what_is_installed():
     inputs = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + (ROOT / "environment.yml").read_bytes())
     if stamp.read_text().split()[0] != inputs.hexdigest()[:16]:
         pytest.skip("pyproject.toml/environment.yml changed since setup.sh made this environment (rerun it)")
-    proc = subprocess.run(["bash", "setup.sh", "--venv", str(prefix), "--no-data"], cwd=ROOT,
+    locked = ["--locked"] if " locked:" in stamp.read_text() else []  # rerun it as it was made
+    proc = subprocess.run(["bash", "setup.sh", "--venv", str(prefix), "--no-data", *locked], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "==> packages already installed" in proc.stdout and "==> PyTorch" not in proc.stdout
