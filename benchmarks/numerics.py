@@ -33,7 +33,6 @@ import argparse
 import csv
 import hashlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -113,10 +112,11 @@ def fingerprint(items: list[str], steps: int) -> dict:
 
 def run_mode(mode: str, items: list[str], steps: int) -> dict:
     """:func:`fingerprint` in a fresh one-thread process with the mode's settings (read at torch import)."""
+    from util.study.runner import child_env
     from util.training.runs import NUMERICS_VARIABLES
 
-    env = {k: v for k, v in os.environ.items() if k not in NUMERICS_VARIABLES}  # only the mode's settings
-    env.update(MODES[mode], OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env = {k: v for k, v in child_env(1, None).items() if k not in NUMERICS_VARIABLES}  # only the mode's settings
+    env.update(MODES[mode], PYTHONWARNINGS="ignore")
     out = subprocess.run([sys.executable, __file__, "--worker", "--steps", str(steps), *items], env=env, cwd=ROOT,
                          capture_output=True, text=True)
     if out.returncode != 0:

@@ -48,15 +48,18 @@ def _loader(module, cfg, steps):
                            collate_fn=collate)
 
 
-def bare_steps(module, loader):
+def bare_steps(module, loader, on_batch=None):
     """Train ``module.model`` by hand over ``loader`` (forward, loss, backward, clipping, optimizer and scheduler
-    steps, as the engine does); yield ``(step, batch, loss)`` after each optimizer step."""
+    steps, as the engine does); yield ``(step, batch, loss)`` after each optimizer step. ``on_batch(step)``, if
+    given, is called once each batch is loaded, before its forward (where a timer starts)."""
     cfg = module.cfg
     opt_cfg = module.configure_optimizers()
     opt = opt_cfg["optimizer"] if isinstance(opt_cfg, dict) else opt_cfg
     sched = opt_cfg["lr_scheduler"]["scheduler"] if isinstance(opt_cfg, dict) else None
     model, loss_fn = module.model.train(), module.loss_fn
     for step, batch in enumerate(loader):
+        if on_batch is not None:
+            on_batch(step)
         logits = model(batch["image"])
         loss = loss_fn(logits, batch["mask"].unsqueeze(1))
         if not torch.isfinite(loss):
@@ -74,10 +77,14 @@ def bare_steps(module, loader):
 def bare_loop(cfg, steps: int, warmup: int) -> float:
     """Samples/s of a hand-written loop over the timed steps."""
     module = _module(cfg, steps)
-    n, t0 = 0, time.perf_counter()
-    for step, batch, _ in bare_steps(module, _loader(module, cfg, steps)):
-        if step == warmup - 1:
+    n, t0 = 0, None
+
+    def start_timer(step: int) -> None:  # at the first timed batch, once it is loaded (as the Lightning timer)
+        nonlocal t0
+        if step == warmup:
             t0 = time.perf_counter()
+
+    for step, batch, _ in bare_steps(module, _loader(module, cfg, steps), on_batch=start_timer):
         if step >= warmup:
             n += batch["image"].shape[0]
     return n / (time.perf_counter() - t0)

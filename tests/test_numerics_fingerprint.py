@@ -13,16 +13,12 @@ TINY = ["configs/default.yaml", "data.crop_size=32", "data.batch_size=2", "model
         "model.kwargs.depth=2", "max_steps=20"]
 
 
-def _numerics():
+@pytest.fixture(scope="module")
+def numerics():
     spec = importlib.util.spec_from_file_location("numerics", REPO / "benchmarks" / "numerics.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-@pytest.fixture(scope="module")
-def numerics():
-    return _numerics()
 
 
 def _row(mode="native", cpu="AMD EPYC 7B13", cap="AVX2", weights="aaaa", **kw):

@@ -219,7 +219,7 @@ def point_record(point: Point, row: Mapping[str, Any], metrics: Mapping[str, Any
 
 def environment_summary(env: Mapping[str, Any]) -> dict[str, Any]:
     """What of a run's ``env.json`` decides its numbers: Python, package versions, CPU model and kernel
-    instruction set, GPUs (no hostname, no environment variables)."""
+    instruction set, the numerics variables that were set, GPUs (no hostname, no other environment variables)."""
     device = env.get("device") or {}
     return {"python": env.get("python"), "packages": env.get("packages") or {},
             "cpu_model": device.get("cpu_model"), "cpu_capability": device.get("cpu_capability"),
