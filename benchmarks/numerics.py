@@ -1,7 +1,7 @@
 """Numerics fingerprint: would a training here give bit-identical results to one on another machine?
 
     python benchmarks/numerics.py [STUDY POINT | CONFIG [key=value ...]] [--steps 6] [--modes native,avx2,compatible]
-                                  [--reference results/numerics/fingerprints.csv] [--record FILE]
+                                  [--reference results/numerics/fingerprints.csv] [--record FILE] [--emulate CPU]
 
 A CPU training is bit-identical on two machines only where every kernel rounds alike. Which kernels run
 depends on the CPU: PyTorch's own (ATen) kernels dispatch on the instruction set, oneDNN's convolutions and
@@ -26,6 +26,14 @@ Equal weight hashes on two machines for a mode mean a training under that mode g
 with the rows of a CSV recorded on other machines (``--record`` appends this machine's rows to one); the
 committed ``results/numerics/fingerprints.csv`` holds the machines measured so far. s/step is the median over
 the steps after the first, with the ratio to ``native`` measured in the same run.
+
+``--emulate CPU`` runs each mode under QEMU's user-mode emulator (``qemu-x86_64 -cpu CPU``, Debian package
+``qemu-user``) as that CPU model, e.g. ``EPYC-Rome-v1`` (AMD, AVX2) or ``Haswell-v4`` (Intel, AVX2): the
+emulated CPUID reports that model's vendor, instruction sets and caches, so ATen, oneDNN and MKL pick the code
+paths they would pick there, while QEMU computes every floating-point instruction exactly as IEEE 754 defines it.
+That is how one machine tells whether a mode's hash holds on another CPU type without having one (QEMU's
+emulator has no AVX-512; it is 20-100x slower, so use few ``--steps``; s/step means nothing there). The rows
+record ``qemu <CPU>`` as the CPU model.
 """
 from __future__ import annotations
 
@@ -33,6 +41,8 @@ import argparse
 import csv
 import hashlib
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -51,6 +61,7 @@ MODES: dict[str, dict[str, str]] = {
     "compatible": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE"},
 }
 DEFAULT_POINT = ("configs/study/brca_cpu.yaml", "lr-plain_rot-0.001")
+EMULATED_CPU_VARIABLE = "NUMERICS_EMULATED_CPU"  # set for a worker run under qemu-x86_64: the CPU model it emulates
 FIELDS = ("mode", "settings", "point", "steps", "data_sha1", "weights_sha1", "last_loss", "s_per_step",
           "cpu_model", "cpu_capability", "torch", "numpy", "recorded")
 
@@ -103,22 +114,43 @@ def fingerprint(items: list[str], steps: int) -> dict:
         if step + 1 >= steps:
             break
     env = environment_info()
+    emulated = os.environ.get(EMULATED_CPU_VARIABLE)  # /proc/cpuinfo under QEMU is the host's
     return {"point": label, "steps": steps, "data_sha1": data_hash,
             "weights_sha1": sha1(*module.model.state_dict().values()), "last_loss": f"{loss:.8f}",
-            "s_per_step": round(statistics.median(times[1:] or times), 3), "cpu_model": env["device"]["cpu_model"],
+            "s_per_step": round(statistics.median(times[1:] or times), 3),
+            "cpu_model": f"qemu {emulated}" if emulated else env["device"]["cpu_model"],
             "cpu_capability": env["device"]["cpu_capability"], "torch": env["packages"]["torch"],
             "numpy": env["packages"]["numpy"], "recorded": time.strftime("%Y-%m-%d")}
 
 
-def run_mode(mode: str, items: list[str], steps: int) -> dict:
-    """:func:`fingerprint` in a fresh one-thread process with the mode's settings (read at torch import)."""
+def qemu_command(cpu: str) -> list[str]:
+    """``[qemu-x86_64, -cpu, CPU]``; a clear error when QEMU is missing or does not know ``cpu``."""
+    exe = shutil.which("qemu-x86_64")
+    if exe is None:
+        raise SystemExit("--emulate needs QEMU's user-mode emulator qemu-x86_64 (Debian/Ubuntu: "
+                         "apt-get install qemu-user); it is not on PATH")
+    listed = subprocess.run([exe, "-cpu", "help"], capture_output=True, text=True).stdout.split()
+    if cpu not in listed:
+        models = sorted({w for w in listed if w.startswith(("EPYC", "Haswell", "Skylake", "Icelake"))})
+        raise SystemExit(f"--emulate {cpu!r}: qemu-x86_64 has no such CPU model; e.g. {', '.join(models[:12])} "
+                         "(all: qemu-x86_64 -cpu help)")
+    return [exe, "-cpu", cpu]
+
+
+def run_mode(mode: str, items: list[str], steps: int, emulate: str | None = None) -> dict:
+    """:func:`fingerprint` in a fresh one-thread process with the mode's settings (read at torch import),
+    under ``qemu-x86_64 -cpu EMULATE`` when given."""
     from util.study.runner import child_env
     from util.training.runs import NUMERICS_VARIABLES
 
     env = {k: v for k, v in child_env(1, None).items() if k not in NUMERICS_VARIABLES}  # only the mode's settings
     env.update(MODES[mode], PYTHONWARNINGS="ignore")
-    out = subprocess.run([sys.executable, __file__, "--worker", "--steps", str(steps), *items], env=env, cwd=ROOT,
-                         capture_output=True, text=True)
+    env.pop(EMULATED_CPU_VARIABLE, None)
+    prefix = qemu_command(emulate) if emulate else []
+    if emulate:
+        env[EMULATED_CPU_VARIABLE] = emulate
+    out = subprocess.run([*prefix, sys.executable, __file__, "--worker", "--steps", str(steps), *items], env=env,
+                         cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"mode {mode}: the fingerprint process failed:\n{out.stderr[-2000:]}")
     doc = json.loads(out.stdout.strip().splitlines()[-1])
@@ -153,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     parser.add_argument("--reference", type=Path, default=ROOT / "results" / "numerics" / "fingerprints.csv")
     parser.add_argument("--record", type=Path, default=None, help="append this machine's rows to this CSV")
+    parser.add_argument("--emulate", metavar="CPU", default=None,
+                        help="run under qemu-x86_64 as this CPU model (e.g. EPYC-Rome-v1, Haswell-v4)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps < 1:
@@ -164,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         parser.error(f"unknown mode(s) {', '.join(unknown)}; expected some of {', '.join(MODES)}")
+    if args.emulate:
+        qemu_command(args.emulate)  # fail before any training
     reference = read_reference(args.reference)
-    rows = [run_mode(m, args.items, args.steps) for m in modes]
+    rows = [run_mode(m, args.items, args.steps, args.emulate) for m in modes]
     base = next((r["s_per_step"] for r in rows if r["mode"] == "native"), None)
     print(f"{rows[0]['point']}, {args.steps} steps, {rows[0]['cpu_model']} ({rows[0]['cpu_capability']}), "
           f"torch {rows[0]['torch']}")

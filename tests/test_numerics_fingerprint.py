@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from system_tools import apt_tool
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["configs/default.yaml", "data.crop_size=32", "data.batch_size=2", "model.kwargs.width=4",
@@ -62,3 +63,36 @@ def test_bad_arguments_are_named(numerics, capsys):
     assert "--steps must be at least 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="'nope' is not a point of configs/study/brca_cpu.yaml"):
         numerics.load_target(["configs/study/brca_cpu.yaml", "nope"])
+
+
+@pytest.fixture(scope="module")
+def qemu() -> str:
+    """QEMU's user-mode emulator for ``--emulate`` (Debian package qemu-user; installed as root when missing)."""
+    return apt_tool("qemu-x86_64", "qemu-user")
+
+
+def test_emulate_names_a_missing_qemu(numerics, monkeypatch):
+    monkeypatch.setattr(numerics.shutil, "which", lambda exe: None)
+    with pytest.raises(SystemExit, match=r"qemu-x86_64 .*apt-get install qemu-user"):
+        numerics.qemu_command("EPYC-Rome-v1")
+
+
+def test_emulate_names_an_unknown_cpu_model(numerics, qemu):
+    with pytest.raises(SystemExit, match=r"--emulate 'Pentium-9000': qemu-x86_64 has no such CPU model; e\.g\. .*EPYC"):
+        numerics.main([*TINY, "--emulate", "Pentium-9000"])
+    assert numerics.qemu_command("EPYC-Rome-v1")[1:] == ["-cpu", "EPYC-Rome-v1"]
+
+
+@pytest.mark.slow  # a 1-step training of a tiny net here and one under the emulator (about two minutes)
+def test_emulated_fingerprint_runs_as_the_emulated_cpu(numerics, qemu, tmp_path, capsys):
+    record = tmp_path / "fp.csv"
+    one = [*TINY, "--steps", "1", "--modes", "native", "--reference", str(record), "--record", str(record)]
+    assert numerics.main(one) == 0
+    assert numerics.main([*one, "--emulate", "EPYC-Rome-v1"]) == 0
+    out = capsys.readouterr().out
+    host, emulated = csv.DictReader(record.open())
+    # torch dispatches on the emulated CPUID (an AMD EPYC Rome: AVX2, whatever the host has); the row says so
+    assert (emulated["cpu_model"], emulated["cpu_capability"]) == ("qemu EPYC-Rome-v1", "AVX2")
+    assert host["cpu_model"] != emulated["cpu_model"]
+    assert "qemu EPYC-Rome-v1 (AVX2)" in out and len(emulated["weights_sha1"]) == 16
+    assert float(emulated["last_loss"]) == pytest.approx(float(host["last_loss"]), rel=1e-3)  # the same training

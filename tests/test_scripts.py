@@ -17,39 +17,17 @@ import time
 from pathlib import Path
 
 import pytest
+from system_tools import apt_tool
 from tunnel_helpers import http_status, read_details
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["train.sh", "jupyter_tunnel.sh", "scripts/activate_env.sh", "setup.sh", ".ci/run", "tests/slurm_cluster.sh"]
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() not in ("", "0", "false", "no")
-
-
 @pytest.fixture(scope="session")
 def shellcheck() -> str:
     """The shellcheck binary; installed with apt-get (Debian package ``shellcheck``) when missing."""
-    exe = shutil.which("shellcheck")
-    if exe:
-        return exe
-    why = "shellcheck is not installed"
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "shellcheck"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-        if proc.returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=600)
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-        exe = shutil.which("shellcheck")
-        if exe:
-            return exe
-        why += f" and apt-get could not install it: {proc.stderr.strip()[-400:]}"
-    else:
-        why += " and cannot be installed here (needs root and apt-get)"
-    if _truthy(os.environ.get("CI")):
-        pytest.fail(why)
-    pytest.skip(why)
+    return apt_tool("shellcheck", "shellcheck")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
