@@ -30,10 +30,12 @@ the steps after the first, with the ratio to ``native`` measured in the same run
 ``--emulate CPU`` runs each mode under QEMU's user-mode emulator (``qemu-x86_64 -cpu CPU``, Debian package
 ``qemu-user``) as that CPU model, e.g. ``EPYC-Rome-v1`` (AMD, AVX2) or ``Haswell-v4`` (Intel, AVX2): the
 emulated CPUID reports that model's vendor, instruction sets and caches, so ATen, oneDNN and MKL pick the code
-paths they would pick there, while QEMU computes every floating-point instruction exactly as IEEE 754 defines it.
-That is how one machine tells whether a mode's hash holds on another CPU type without having one (QEMU's
-emulator has no AVX-512; it is 20-100x slower, so use few ``--steps``; s/step means nothing there). The rows
-record ``qemu <CPU>`` as the CPU model.
+paths they would pick there, while QEMU computes the floating-point instructions IEEE 754 defines exactly.
+That is how one machine tells which code paths another CPU type would take without having one. Not faithful
+for the approximate instructions (reciprocal, reciprocal square root), whose low bits each CPU design defines
+and which MKL's vector maths uses, e.g. for ``torch.sqrt`` (results/numerics/README.md). QEMU's emulator has no
+AVX-512; it is 40-60x slower on a tiny net and far slower on a study net, and QEMU 7.2 crashed after the first
+step or two: use ``--steps 1``; s/step means nothing there. The rows record ``qemu <CPU>`` as the CPU model.
 """
 from __future__ import annotations
 
