@@ -139,20 +139,19 @@ def qemu_command(cpu: str) -> list[str]:
     return [exe, "-cpu", cpu]
 
 
-def run_mode(mode: str, items: list[str], steps: int, emulate: str | None = None) -> dict:
+def run_mode(mode: str, items: list[str], steps: int, emulator: list[str] | None = None) -> dict:
     """:func:`fingerprint` in a fresh one-thread process with the mode's settings (read at torch import),
-    under ``qemu-x86_64 -cpu EMULATE`` when given."""
+    under ``emulator`` (a :func:`qemu_command`) when given."""
     from util.study.runner import child_env
     from util.training.runs import NUMERICS_VARIABLES
 
     env = {k: v for k, v in child_env(1, None).items() if k not in NUMERICS_VARIABLES}  # only the mode's settings
     env.update(MODES[mode], PYTHONWARNINGS="ignore")
     env.pop(EMULATED_CPU_VARIABLE, None)
-    prefix = qemu_command(emulate) if emulate else []
-    if emulate:
-        env[EMULATED_CPU_VARIABLE] = emulate
-    out = subprocess.run([*prefix, sys.executable, __file__, "--worker", "--steps", str(steps), *items], env=env,
-                         cwd=ROOT, capture_output=True, text=True)
+    if emulator:
+        env[EMULATED_CPU_VARIABLE] = emulator[-1]  # the CPU model: qemu_command's last word
+    out = subprocess.run([*(emulator or []), sys.executable, __file__, "--worker", "--steps", str(steps), *items],
+                         env=env, cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"mode {mode}: the fingerprint process failed:\n{out.stderr[-2000:]}")
     doc = json.loads(out.stdout.strip().splitlines()[-1])
@@ -200,10 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         parser.error(f"unknown mode(s) {', '.join(unknown)}; expected some of {', '.join(MODES)}")
-    if args.emulate:
-        qemu_command(args.emulate)  # fail before any training
+    emulator = qemu_command(args.emulate) if args.emulate else None  # fails before any training
     reference = read_reference(args.reference)
-    rows = [run_mode(m, args.items, args.steps, args.emulate) for m in modes]
+    rows = [run_mode(m, args.items, args.steps, emulator) for m in modes]
     base = next((r["s_per_step"] for r in rows if r["mode"] == "native"), None)
     print(f"{rows[0]['point']}, {args.steps} steps, {rows[0]['cpu_model']} ({rows[0]['cpu_capability']}), "
           f"torch {rows[0]['torch']}")

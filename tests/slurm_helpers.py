@@ -10,13 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from system_tools import truthy
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_SCRIPT = ROOT / "tests" / "slurm_cluster.sh"
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() not in ("", "0", "false", "no")
 
 
 def start_test_cluster():
@@ -35,7 +32,7 @@ def start_test_cluster():
             f"no Slurm cluster: tests/slurm_cluster.sh exited {proc.returncode}: "
             f"{proc.stderr.strip()[-800:]}"
         )
-        if proc.returncode == 3 and not _truthy(os.environ.get("CI")):
+        if proc.returncode == 3 and not truthy(os.environ.get("CI")):
             pytest.skip(reason + " (Slurm is not installed and apt-get/root is unavailable)")
         pytest.fail(reason)
     conf = proc.stdout.strip().splitlines()[-1]
@@ -47,7 +44,7 @@ def start_test_cluster():
         os.environ.pop("SLURM_CONF", None)
     else:
         os.environ["SLURM_CONF"] = old
-    if not was_running and not _truthy(os.environ.get("SLURM_TEST_KEEP")):
+    if not was_running and not truthy(os.environ.get("SLURM_TEST_KEEP")):
         subprocess.run(["bash", str(CLUSTER_SCRIPT), "stop"], capture_output=True, timeout=120)
 
 
