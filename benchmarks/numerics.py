@@ -1,6 +1,6 @@
 """Numerics fingerprint: would a training here give bit-identical results to one on another machine?
 
-    python benchmarks/numerics.py [STUDY POINT | CONFIG [key=value ...]] [--steps 6] [--modes native,avx2,compatible]
+    python benchmarks/numerics.py [STUDY POINT | CONFIG [key=value ...]] [--steps 6] [--modes native,avx2,...]
                                   [--reference results/numerics/fingerprints.csv] [--record FILE] [--emulate CPU]
 
 A CPU training is bit-identical on two machines only where every kernel rounds alike. Which kernels run
@@ -10,16 +10,21 @@ different last bit into a test mF1 difference the size of seed-to-seed spread, s
 way to find out. This script trains the first ``--steps`` steps of the same configuration (default: the
 brca_cpu point ``lr-plain_rot-0.001``; the real data pipeline and the engine's model, loss, optimizer and
 clipping, ``benchmarks/train.py``'s hand-written loop) once per *mode*, each in its own one-thread process,
-and prints a SHA-1 of the first batch's images (the data pipeline) and of every weight after the last step:
+and prints a SHA-1 of the first batch's images (the data pipeline) and of every weight after the last step.
+The modes are :mod:`util.numerics`'s (all by default):
 
 * ``native``: no settings; the kernels this CPU picks by itself.
 * ``avx2``: ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=AVX2``; the AVX2 code paths (every
   x86-64 CPU since about 2015 has AVX2).
 * ``compatible``: ``ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_CBWR=COMPATIBLE``; the oldest.
+* ``portable``: AVX2 paths for ATen and oneDNN, ``MKL_CBWR=COMPATIBLE``, and ``NUMERICS_EXACT_SQRT=1``: every
+  float32 square root correctly rounded (MKL's vector-maths root differs between Intel and AMD in every branch).
+* ``compatible_exact``: ``compatible`` with correctly rounded square roots.
 
 oneMKL documents its ``AVX2`` reproducibility branch for Intel CPUs only (elsewhere it uses its automatic
-branch), and oneDNN documents none, so ``avx2`` can agree between Intel machines; only ``compatible`` is a
-candidate for agreement between AMD and Intel ones, and only a measured fingerprint on both can tell.
+branch), and oneDNN documents none, so ``avx2`` can agree between Intel machines only. On an AMD EPYC the
+``portable`` mode gave the weights an Intel Xeon gave under ``avx2`` after 6 steps of lr-plain_rot-0.001
+(``results/numerics/README.md``): the candidate for agreement between AMD and Intel machines.
 
 Equal weight hashes on two machines for a mode mean a training under that mode gives the same numbers on both
 (the same kernels, the same inputs); a different hash means it will not. ``--reference`` compares each mode
@@ -57,11 +62,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MODES: dict[str, dict[str, str]] = {
-    "native": {},
-    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"},
-    "compatible": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE"},
-}
+from util.numerics import MODES, apply_from_env  # noqa: E402
+
 DEFAULT_POINT = ("configs/study/brca_cpu.yaml", "lr-plain_rot-0.001")
 EMULATED_CPU_VARIABLE = "NUMERICS_EMULATED_CPU"  # set for a worker run under qemu-x86_64: the CPU model it emulates
 FIELDS = ("mode", "settings", "point", "steps", "data_sha1", "weights_sha1", "last_loss", "s_per_step",
@@ -102,6 +104,7 @@ def fingerprint(items: list[str], steps: int) -> dict:
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
+    apply_from_env()  # the portable modes' correctly rounded square roots
     label, cfg = load_target(items)
     total = max(steps, cfg.max_steps or steps)  # the run's own schedule and sampler: its first steps exactly
     module = _module(cfg, total)

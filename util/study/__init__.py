@@ -17,6 +17,10 @@ Study file schema (YAML; paths relative to the study file unless said)::
 
     study: brca_cpu                 # name: runs/<study>/, results/<study>/, visualization/<study>/
     description: one paragraph      # optional, for people
+    extends: brca_cpu.yaml          # optional: start from that study file's keys; each key given here replaces
+                                    #   its whole (e.g. a new study name and numerics: the same grid retrained)
+    numerics: portable              # optional: the util.numerics mode every training runs under (`run
+                                    #   --numerics` overrides; each row records the settings it ran with)
     base: ../default.yaml           # the training recipe (an ExperimentConfig YAML) every point starts from
     overrides:                      # optional, applied to the recipe for every point: a nested mapping like a
       data: {root: data/brca_m2c}   #   config file, or a list of "dotted.key=value" strings

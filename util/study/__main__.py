@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--finish-by", type=float, default=None,
                            help="start a point only if its estimated run time (from its arm's finished rows) ends "
                                 "within this many minutes; shorter points fill the end (no half-run points)")
+            s.add_argument("--numerics", default=None, metavar="MODE",
+                           help="train under this CPU numerics mode (util.numerics: native, avx2, compatible, "
+                                "portable, compatible_exact); default: the study file's numerics, else the numerics "
+                                "variables of this shell. Each row records the settings it was trained with")
             s.add_argument("--order", choices=("grid", "seed"), default="grid",
                            help="start order: grid (arm, fraction, seed) or seed (every arm at a seed before the "
                                 "next seed, largest fraction first); results do not depend on it")
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_study(study, jobs=args.jobs, threads=args.threads, shard=shard,
                              max_minutes=args.max_minutes, stage=args.stage,
-                             order=args.order, finish_by=args.finish_by)
+                             order=args.order, finish_by=args.finish_by, numerics=args.numerics)
         if args.command == "reproduce":
             from util.study.reproduce import reproduce
 

@@ -9,7 +9,9 @@ runs N at once. It prints the committed and the rerun test mF1 with their differ
 difference is within ``--tolerance`` (default 0.005), else 1. Under the table it names what differs between
 the environment the committed row recorded (``points/<point>.json``) and the rerun's (``env.json``): CPU model,
 kernel instruction set, package versions, numerics settings (:func:`store.environment_differences`). Training
-is bit-identical only where none differs. The committed files are not touched.
+is bit-identical only where none differs. A row that recorded its numerics settings (the variables of a
+:mod:`util.numerics` mode, e.g. ``run --numerics portable``) is rerun under exactly those. The committed files
+are not touched.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class Rerun:
     proc: subprocess.Popen | None = None
     log: IO[str] | None = None
     rerun: float | None = None
+    numerics: dict[str, str] | None = None  #: the row's recorded numerics settings (None: not recorded)
 
 
 def select_points(study: Study, ids: list[str]) -> tuple[list[Point], dict[str, dict[str, str]]]:
@@ -55,6 +58,14 @@ def select_points(study: Study, ids: list[str]) -> tuple[list[Point], dict[str, 
             raise ValueError(f"{pid!r} has no finished row in {store.runs_csv(study)} for its configuration")
         chosen.append(p)
     return chosen, rows
+
+
+def recorded_numerics(record: dict | None) -> dict[str, str] | None:
+    """The numerics variables a row's training ran with (``points/<point>.json`` environment), so that the rerun
+    sets exactly those; None when the row did not record them (the rerun then inherits this shell's)."""
+    env = (record or {}).get("environment") or {}
+    settings = env.get("numerics_settings")
+    return dict(settings) if isinstance(settings, dict) else None
 
 
 def _prepare(p: Point, row: dict[str, str], scratch: Path) -> Rerun:
@@ -79,6 +90,12 @@ def reproduce(study: Study, ids: list[str], tolerance: float = 0.005, jobs: int 
     log_dir = scratch / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     todo = [_prepare(p, rows[p.id], scratch) for p in points]
+    records = store.read_point_records(study)
+    for job in todo:
+        job.numerics = recorded_numerics(records.get(job.point.id))
+        if job.numerics:
+            echo(f"{job.point.id}: trained with {' '.join(f'{k}={v}' for k, v in sorted(job.numerics.items()))}; "
+                 f"the rerun uses the same")
     running: list[Rerun] = []
     done: list[Rerun] = []
     failed = []
@@ -86,7 +103,7 @@ def reproduce(study: Study, ids: list[str], tolerance: float = 0.005, jobs: int 
         while todo and len(running) < max(1, jobs):
             job = todo.pop(0)
             job.proc, job.log = spawn_training(job.cfg_path, log_dir / f"{job.point.id}.log", job.threads,
-                                               log_mode="w")
+                                               log_mode="w", numerics=job.numerics)
             echo(f"start {job.point.id} ({job.threads} thread(s)) → {scratch}")
             running.append(job)
         time.sleep(0.5)
@@ -106,7 +123,6 @@ def reproduce(study: Study, ids: list[str], tolerance: float = 0.005, jobs: int 
         diff = float(job.rerun) - job.committed  # type: ignore[arg-type]
         worst = max(worst, abs(diff))
         echo(f"{job.point.id:<28} {job.committed:>10.5f} {job.rerun:>10.5f} {diff:>+11.5f}")
-    records = store.read_point_records(study)
     for job in done:
         committed_env = (records.get(job.point.id) or {}).get("environment")
         rerun_env = store.environment_summary(json.loads((job.run_dir / "env.json").read_text()))

@@ -61,9 +61,16 @@ def gpu_ids() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
 
-def child_env(threads: int, gpu: str | None) -> dict[str, str]:
-    """The environment of one training subprocess: its thread count and GPU."""
+def child_env(threads: int, gpu: str | None, numerics: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of one training subprocess: its thread count and GPU, and with ``numerics`` (the variables
+    of a :mod:`util.numerics` mode, or a row's recorded ``numerics_settings``) exactly those numerics variables
+    in place of this process's own (None: this process's own are inherited)."""
+    from util.training.runs import NUMERICS_VARIABLES
+
     env = dict(os.environ)
+    if numerics is not None:
+        env = {k: v for k, v in env.items() if k not in NUMERICS_VARIABLES}
+        env.update(numerics)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(threads)
     env["PYTHONUNBUFFERED"] = "1"
@@ -84,14 +91,15 @@ def _stop_with_parent() -> None:
 
 
 def spawn_training(cfg_path: Path, log_path: Path, threads: int, gpu: str | None = None,
-                   log_mode: str = "a") -> tuple[subprocess.Popen, IO[str]]:
-    """Start ``python -m util.train CFG_PATH`` with ``threads`` CPU threads (and ``gpu``), stdout and stderr to
-    ``log_path`` (opened with ``log_mode``; the caller closes it). The training runs in its own session (a
+                   log_mode: str = "a", numerics: Mapping[str, str] | None = None) -> tuple[subprocess.Popen, IO[str]]:
+    """Start ``python -m util.train CFG_PATH`` with ``threads`` CPU threads (and ``gpu``, and the ``numerics``
+    variables, see :func:`child_env`), stdout and stderr to ``log_path`` (opened with ``log_mode``; the caller
+    closes it). The training runs in its own session (a
     terminal's Ctrl-C does not reach it; stop it with ``os.killpg``) and gets SIGTERM if its parent dies."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, log_mode)
     proc = subprocess.Popen([sys.executable, "-m", "util.train", str(cfg_path)], stdout=log, stderr=subprocess.STDOUT,
-                            env=child_env(threads, gpu), start_new_session=True, preexec_fn=_stop_with_parent)
+                            env=child_env(threads, gpu, numerics), start_new_session=True, preexec_fn=_stop_with_parent)
     return proc, log
 
 
@@ -142,11 +150,17 @@ class Runner:
 
     def __init__(self, study: Study, jobs: int = 1, threads: int | None = None, shard: tuple[int, int] | None = None,
                  max_minutes: float | None = None, stage: str = "all", order: str = "grid",
-                 finish_by: float | None = None, echo: Callable[[str], None] = print):
+                 finish_by: float | None = None, numerics: str | None = None, echo: Callable[[str], None] = print):
         if order not in ORDERS:
             raise ValueError(f"run: unknown order {order!r}; expected one of {ORDERS}")
         self.study, self.jobs, self.shard, self.stage, self.echo = study, max(1, jobs), shard, stage, echo
         self.order = order
+        from util.numerics import mode_settings
+
+        numerics = numerics if numerics is not None else study.numerics
+        #: the variables of the numerics mode (--numerics, else the study's) for every training (None: the
+        #: caller's environment decides)
+        self.numerics = mode_settings(numerics) if numerics is not None else None
         self.threads = max(1, (threads or default_threads()) // self.jobs)
         self.deadline = time.monotonic() + max_minutes * 60 if max_minutes is not None else None
         self.finish_deadline = time.monotonic() + finish_by * 60 if finish_by is not None else None
@@ -191,7 +205,8 @@ class Runner:
         cfg.save(cfg_path)
         gpu = self.gpus[slot % len(self.gpus)] if self.gpus else None
         resumed = (store.run_dir(p) / "checkpoints" / "last.ckpt").is_file()
-        proc, log = spawn_training(cfg_path, self.study.study_runs / "logs" / f"{cfg.run_id}.log", self.threads, gpu)
+        proc, log = spawn_training(cfg_path, self.study.study_runs / "logs" / f"{cfg.run_id}.log", self.threads, gpu,
+                                   numerics=self.numerics)
         self.running[slot] = Job(p, proc, log, slot)
         where = f"GPU {gpu}" if gpu is not None else f"{self.threads} thread(s)"
         self.echo(f"start {p.id} ({'resume' if resumed else 'new'}, {where}) → {store.run_dir(p)}")

@@ -65,6 +65,7 @@ class Study:
     runs_dir: Path
     results_dir: Path
     figures_dir: Path
+    numerics: str | None = None  #: util.numerics mode every training runs under (None: the shell's settings)
 
     @property
     def study_runs(self) -> Path:
@@ -93,14 +94,22 @@ def load_study(path: str | Path) -> Study:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"study file not found: {path}")
-    doc = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    doc = _read_doc(path)
     known = {"study", "base", "overrides", "budget", "arms", "fractions", "seeds", "lr_search", "contrasts",
-             "target_mf1", "bootstrap", "runs_dir", "results_dir", "figures_dir", "description"}
+             "target_mf1", "bootstrap", "runs_dir", "results_dir", "figures_dir", "description", "numerics",
+             "extends"}
     unknown = sorted(set(doc) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown study keys {unknown}; known: {sorted(known)}")
+    if doc.get("extends"):
+        doc = _extend(doc, path)
+    numerics = doc.get("numerics")
+    if numerics is not None:
+        from util.numerics import MODES
+
+        if numerics not in MODES:
+            raise ConfigError(f"{path}: numerics {numerics!r} is not a mode of util.numerics; expected one of "
+                              f"{', '.join(MODES)}")
     name = _required(doc, "study", path)
     if not _LABEL.match(str(name)):
         raise ConfigError(f"{path}: study name {name!r} must be letters, digits, '_', '-', '.'")
@@ -124,9 +133,34 @@ def load_study(path: str | Path) -> Study:
         bootstrap_replicates=int(boot.get("replicates", 2000)), bootstrap_seed=int(boot.get("seed", 0)),
         runs_dir=Path(doc.get("runs_dir", "runs")), results_dir=Path(doc.get("results_dir", "results")),
         figures_dir=Path(doc.get("figures_dir", "visualization")),
+        numerics=str(numerics) if numerics is not None else None,
     )
     _check(study)
     return study
+
+
+def _read_doc(path: Path) -> dict:
+    doc = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return doc
+
+
+def _extend(doc: dict, path: Path) -> dict:
+    """``extends: other.yaml``: that study file's top-level keys, each replaced whole by this file's (its
+    ``base`` still relative to that file). One level: the extended file may not extend another."""
+    parent_path = (path.parent / str(doc["extends"])).resolve()
+    if not parent_path.is_file():
+        raise ConfigError(f"{path}: extends {doc['extends']!r}, but {parent_path} does not exist")
+    parent = _read_doc(parent_path)
+    if parent.get("extends"):
+        raise ConfigError(f"{path}: extends {parent_path}, which extends another file; extend that one directly")
+    if "base" in parent:
+        parent["base"] = str((parent_path.parent / str(parent["base"])).resolve())
+    merged = {**parent, **{k: v for k, v in doc.items() if k != "extends"}}
+    if "base" in doc:
+        merged["base"] = str((path.parent / str(doc["base"])).resolve())
+    return merged
 
 
 def _required(doc: dict, key: str, path: Path) -> Any:

@@ -38,8 +38,14 @@ def train(config: ExperimentConfig, quiet: bool = False) -> RunResult:
 
     A run that fails (an exception other than a stop signal) gets ``failed.json`` (error type, message, step,
     time) in its folder; the comparison tools ignore such folders, and the next successful rerun removes it.
+    With ``NUMERICS_EXACT_SQRT=1`` in the environment (a portable :mod:`util.numerics` mode) every float32
+    square root of this process is computed correctly rounded.
     """
     import warnings
+
+    from util.numerics import apply_from_env
+
+    apply_from_env()
 
     warnings.filterwarnings("ignore", message=r".*The `srun` command is available on your system.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")

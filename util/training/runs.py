@@ -88,8 +88,9 @@ def cpu_model() -> str | None:
 # Environment variables that change CPU floating-point results without changing any package: the instruction
 # set of PyTorch's own kernels (ATen), of oneDNN's convolutions, of MKL's matrix products and exp/log and of
 # OpenCV's image operations (the augmentations).
+# NUMERICS_EXACT_SQRT: correctly rounded square roots in the training process (util.numerics, the portable modes).
 NUMERICS_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_CBWR",
-                      "MKL_ENABLE_INSTRUCTIONS", "MKL_DEBUG_CPU_TYPE", "OPENCV_CPU_DISABLE")
+                      "MKL_ENABLE_INSTRUCTIONS", "MKL_DEBUG_CPU_TYPE", "OPENCV_CPU_DISABLE", "NUMERICS_EXACT_SQRT")
 
 
 def environment_info() -> dict[str, Any]:
