@@ -110,7 +110,8 @@ def plan_text(study: Study, rows: Sequence[dict[str, Any]], totals: dict[str, An
               f"training steps at batch {base.data.batch_size}, {totals['threads_per_run']} thread(s), "
               f"{totals['device']}; est_min: steps × s/step + validation/test forwards + start-up")
     lines = [format_table(rows, cols), "", method, f"study {study.name}: {len(study.arms)} arms × "
-             f"{len(study.fractions)} fractions × {len(study.seeds)} seeds; {budget}; {lr}",
+             f"{len(study.fractions)} fractions × {len(study.seeds)} seeds; {budget}; {lr}"
+             + (f"; CPU numerics mode {study.numerics} (timings here are native)" if study.numerics else ""),
              f"{totals['points']} points: {totals['done']} done, {totals['reused']} reuse a search run, "
              f"{totals['to_train']} to train",
              "no time estimate (--no-timing)" if totals["untimed"] else

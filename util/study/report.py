@@ -202,6 +202,9 @@ def readme_text(study: Study, df: pd.DataFrame, summary: pd.DataFrame, contrasts
         f"- Learning rate: {lr_words}.",
         "- Detection thresholds are chosen on validation for every run (`detection.threshold: auto`).",
         f"- Fractions {study.fractions}, seeds {study.seeds} (each seed also draws its own training subset).",
+        *([f"- CPU numerics: every training ran under the `{study.numerics}` mode of `util/numerics.py` (the "
+           f"settings each row ran with are in `points/*.json`; `reproduce` sets them again)."]
+          if study.numerics else []),
         "- Intervals: 95 % percentile bootstrap over seeds and test images "
         f"({study.bootstrap_replicates} replicates, RNG seed {study.bootstrap_seed}); mF1 recomputed from the "
         "summed per-image TP/FP/FN by the OCELOT rule. Mean ± std are over seeds of each run's test mF1.\n",
