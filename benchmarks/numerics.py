@@ -146,10 +146,9 @@ def run_mode(mode: str, items: list[str], steps: int, emulator: list[str] | None
     """:func:`fingerprint` in a fresh one-thread process with the mode's settings (read at torch import),
     under ``emulator`` (a :func:`qemu_command`) when given."""
     from util.study.runner import child_env
-    from util.training.runs import NUMERICS_VARIABLES
 
-    env = {k: v for k, v in child_env(1, None).items() if k not in NUMERICS_VARIABLES}  # only the mode's settings
-    env.update(MODES[mode], PYTHONWARNINGS="ignore")
+    env = child_env(1, None, MODES[mode])  # only the mode's numerics settings
+    env["PYTHONWARNINGS"] = "ignore"
     env.pop(EMULATED_CPU_VARIABLE, None)
     if emulator:
         env[EMULATED_CPU_VARIABLE] = emulator[-1]  # the CPU model: qemu_command's last word
