@@ -71,8 +71,8 @@ def _rounded_sqrt(x: torch.Tensor) -> torch.Tensor:
         hi = (y.double() + up.double()) / 2  # exact: both have 24 significant bits, their mean 25
         lo = (y.double() + down.double()) / 2
         y = torch.where(xd >= hi * hi, up, y)
-        y = torch.where(xd < lo * lo, down, y)
-        return torch.where(torch.isfinite(x) & (x > 0), y, _TORCH_SQRT(x))
+        # zeros, infinities, negatives and NaN pass the two tests unchanged (±0, inf, NaN), as IEEE sqrt gives them
+        return torch.where(xd < lo * lo, down, y)
 
 
 class _ExactSqrt(torch.autograd.Function):
@@ -96,8 +96,8 @@ def exact_sqrt(x: torch.Tensor) -> torch.Tensor:
     Start from ``y``, the float64 root rounded to float32 (within one unit in the last place, ulp), then move
     ``y`` by one ulp where an exact comparison with the midpoints ``m = y ± ulp/2`` says so: the correctly
     rounded root satisfies ``(y - ulp/2)² ≤ x < (y + ulp/2)²``. ``m`` has 25 significant bits, so ``m²`` is
-    exact in float64 and the comparison is exact. Zeros, negatives, infinities and NaNs, and tensors of other
-    dtypes, get ``torch.sqrt``'s result. Shape and dtype are ``x``'s; differentiable like ``torch.sqrt``.
+    exact in float64 and the comparison is exact. Zeros, negatives, infinities and NaNs give what ``torch.sqrt``
+    gives (±0, NaN, inf, NaN); tensors of other dtypes get ``torch.sqrt``'s result. Shape and dtype are ``x``'s; differentiable like ``torch.sqrt``.
     """
     if x.dtype != torch.float32:
         return _TORCH_SQRT(x)

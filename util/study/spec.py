@@ -98,11 +98,11 @@ def load_study(path: str | Path) -> Study:
     known = {"study", "base", "overrides", "budget", "arms", "fractions", "seeds", "lr_search", "contrasts",
              "target_mf1", "bootstrap", "runs_dir", "results_dir", "figures_dir", "description", "numerics",
              "extends"}
-    unknown = sorted(set(doc) - known)
-    if unknown:
-        raise ConfigError(f"{path}: unknown study keys {unknown}; known: {sorted(known)}")
     if doc.get("extends"):
         doc = _extend(doc, path)
+    unknown = sorted(set(doc) - known)  # after extends: the extended file's keys are checked too
+    if unknown:
+        raise ConfigError(f"{path}: unknown study keys {unknown}; known: {sorted(known)}")
     numerics = doc.get("numerics")
     if numerics is not None:
         from util.numerics import MODES
