@@ -77,6 +77,7 @@ def test_emulate_names_a_missing_qemu(numerics, monkeypatch):
         numerics.qemu_command("EPYC-Rome-v1")
 
 
+@pytest.mark.emulator
 def test_emulate_names_an_unknown_cpu_model(numerics, qemu):
     with pytest.raises(SystemExit, match=r"--emulate 'Pentium-9000': qemu-x86_64 has no such CPU model; e\.g\. .*EPYC"):
         numerics.main([*TINY, "--emulate", "Pentium-9000"])
@@ -84,6 +85,7 @@ def test_emulate_names_an_unknown_cpu_model(numerics, qemu):
 
 
 @pytest.mark.slow  # a 1-step training of a tiny net here and one under the emulator (about two minutes)
+@pytest.mark.emulator
 def test_emulated_fingerprint_runs_as_the_emulated_cpu(numerics, qemu, tmp_path, capsys):
     record = tmp_path / "fp.csv"
     one = [*TINY, "--steps", "1", "--modes", "native", "--reference", str(record), "--record", str(record)]

@@ -79,7 +79,9 @@ def test_fake_key_online_falls_back_offline_and_never_leaks(tiny_ocelot_root, tm
     """Comet online is unreachable here: the run must fall back to an offline archive, and the (fake) key must
     not appear in any file of the run folder nor in anything printed."""
     fake = "FAKEKEY-" + os.urandom(8).hex()
-    env = {**os.environ, "COMET_API_KEY": fake, "PYTHONUNBUFFERED": "1"}
+    # one connection attempt instead of Comet's retries with back-off (about 30 s here): the fallback is the same
+    env = {**os.environ, "COMET_API_KEY": fake, "PYTHONUNBUFFERED": "1", "COMET_HTTP_SESSION_RETRY_TOTAL": "1",
+           "COMET_GET_OR_ADD_EXPERIMENT_RETRY_TOTAL": "1"}
     res = subprocess.run([sys.executable, "-m", "util.train", str(TINY), f"data.root={tiny_ocelot_root}",
                           f"runs_dir={tmp_path}", "tracking=online", "max_steps=2", "eval_transforms=[]"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
