@@ -1,4 +1,5 @@
-"""Study grids: ``python -m util.study plan|run|report STUDY.yaml`` (plan the points, train them, report).
+"""Study grids: ``python -m util.study plan|run|report STUDY.yaml`` (plan the points, train them, report; also
+``reproduce`` and ``compare``).
 
 A study answers the project's question on one data set: *does built-in equivariance replace rotation/flip
 augmentation, and make training more data- and time-efficient?* Every arm gets the same learning-rate search

@@ -7,6 +7,7 @@ Examples::
     python -m util.study run configs/study/brca_gpu.yaml --stage lr --shard $SLURM_ARRAY_TASK_ID/10
     python -m util.study report configs/study/brca_cpu.yaml
     python -m util.study reproduce configs/study/brca_cpu.yaml lr-plain_none-0.001 plain_none_pe-f0.25-s1
+    python -m util.study compare configs/study/brca_cpu.yaml configs/study/brca_cpu_portable.yaml
 
 Exit codes: 0 done, 1 a point failed or a bad study file, 143 stopped by SIGTERM/SIGINT (rerun to resume).
 """
@@ -22,7 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("plan", "list the points with parameters, MACs/px and estimated time"),
                        ("run", "train the unfinished points"), ("report", "tables, contrasts and figures"),
-                       ("reproduce", "train finished points again from scratch; compare test mF1 with their rows")):
+                       ("reproduce", "train finished points again from scratch; compare test mF1 with their rows"),
+                       ("compare", "the points finished in this study and another: test mF1 differences")):
         s = sub.add_parser(name, help=text)
         s.add_argument("study", help="study YAML file")
         if name in ("plan", "run"):
@@ -41,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--tolerance", type=float, default=0.005, help="largest |test mF1 difference| (0.005)")
             s.add_argument("--jobs", type=int, default=1, help="points trained at once (default 1)")
             s.add_argument("--scratch", default=None, help="folder for the reruns (default runs/<study>-reproduce)")
+        if name == "compare":
+            s.add_argument("other", help="the second study YAML file (d = its test mF1 − the first's)")
+            s.add_argument("--out", default=None,
+                           help="per-point CSV (default results/<second study>/compare_<first study>.csv)")
         if name == "report":
             s.add_argument("--readme", default=None,
                            help="also rewrite the study's results block in this Markdown file (between the lines "
@@ -84,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             from util.study.reproduce import reproduce
 
             return reproduce(study, args.points, tolerance=args.tolerance, jobs=args.jobs, scratch=args.scratch)
+        if args.command == "compare":
+            return _compare(study, load_study(args.other), args.out)
         from util.study.report import report
 
         report(study)
@@ -113,6 +121,20 @@ def _plan(study, args, shard) -> int:
         from util.study.store import write_timing
 
         print(f"wrote {write_timing(study, rows)}")
+    return 0
+
+
+def _compare(a, b, out: str | None) -> int:
+    from pathlib import Path
+
+    from util.study import compare
+    from util.study.store import read_rows, runs_csv
+
+    rows_a, rows_b = read_rows(runs_csv(a)), read_rows(runs_csv(b))
+    table = compare.compare_rows(rows_a, rows_b)
+    print(compare.compare_text(a.name, b.name, table, compare.seed_std(rows_a)))
+    path = compare.write_table(Path(out) if out else b.study_results / f"compare_{a.name}.csv", table)
+    print(f"wrote {path}")
     return 0
 
 

@@ -1,0 +1,86 @@
+"""util.study compare: points trained in two studies, their test mF1 differences against hand-computed values."""
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+
+from tests.test_study import write_study
+from util.study import ROW_FIELDS, load_study
+from util.study.__main__ import main as study_main
+from util.study.compare import compare_rows, seed_std, summarize
+
+
+def _row(point, test, stage="main", source=None, lr="0.001", arm="plain_none", fraction="1.0", seed="0", val="0.7",
+         **kw):
+    row = {f: "" for f in ROW_FIELDS}
+    row.update(point=point, stage=stage, arm=arm, model="unet", group="", preset="none", fraction=fraction,
+               seed=seed, width="16", depth="4", parameters="1000", max_steps="450", learning_rate=lr,
+               test_mF1=str(test), best_val_mF1=str(val), source_point=point if source is None else source)
+    row.update(kw)
+    return row
+
+
+def _rows(*rows):
+    return {r["point"]: r for r in rows}
+
+
+def test_compare_rows_pairs_own_trainings_and_marks_another_learning_rate():
+    a = _rows(_row("lr-plain_none-0.001", 0.60, stage="lr"), _row("plain_none-f1-s0", 0.60, source="lr-plain_none-0.001"),
+              _row("plain_none-f1-s1", 0.55, seed="1"), _row("only_in_a", 0.5))
+    b = _rows(_row("lr-plain_none-0.001", 0.62, stage="lr", val="0.75"),
+              _row("plain_none-f1-s0", 0.62, source="lr-plain_none-0.001"),
+              _row("plain_none-f1-s1", 0.54, seed="1", lr="0.003"))
+    table = compare_rows(a, b)
+    assert [r["point"] for r in table] == ["lr-plain_none-0.001", "plain_none-f1-s1"]  # reused row counted once
+    assert table[0]["diff"] == pytest.approx(0.02) and table[0]["same_lr"]
+    assert table[1]["diff"] == pytest.approx(-0.01) and not table[1]["same_lr"] and table[1]["lr_b"] == 0.003
+    assert table[0]["best_val_mF1_b"] - table[0]["best_val_mF1_a"] == pytest.approx(0.05)
+
+
+def test_compare_rows_refuses_other_trainings_by_name():
+    a = _rows(_row("p", 0.6))
+    with pytest.raises(ValueError, match="point p: preset is 'none' in the first study and 'full' in the second"):
+        compare_rows(a, _rows(_row("p", 0.6, preset="full")))
+
+
+def test_summary_matches_hand_values():
+    s = summarize([0.01, -0.03, 0.02])
+    assert s["n"] == 3 and s["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert s["sd"] == pytest.approx(math.sqrt((0.01**2 + 0.03**2 + 0.02**2) / 2))
+    assert s["mean_abs"] == pytest.approx(0.02) and s["max_abs"] == pytest.approx(0.03)
+    assert -0.03 <= s["lo"] < 0 < s["hi"] <= 0.02  # the mean of resampled points lies within their range
+    assert summarize([0.01, -0.03, 0.02]) == s  # fixed RNG seed
+    assert summarize([]) == {"n": 0}
+
+
+def test_seed_std_is_the_median_over_cells_of_main_points():
+    rows = _rows(_row("x-s0", 0.5), _row("x-s1", 0.7, seed="1"),                                 # std 0.1414
+                 _row("y-s0", 0.5, arm="y"), _row("y-s1", 0.6, arm="y", seed="1"), _row("y-s2", 0.7, arm="y", seed="2"),  # 0.1
+                 _row("z-s0", 0.5, arm="z"), _row("z-s1", 0.5, arm="z", seed="1"),             # 0
+                 _row("lr-x", 0.9, stage="lr"), _row("w-s0", 0.4, arm="w"))                    # not a cell of ≥ 2
+    assert seed_std(rows) == pytest.approx(0.1)
+    assert seed_std(_rows(_row("lr-x", 0.9, stage="lr"))) is None
+
+
+def test_cli_prints_the_table_and_writes_the_csv(tiny_ocelot_root, tmp_path, capsys):
+    paths = []
+    for name, tests in (("sa", (0.60, 0.50, 0.70)), ("sb", (0.61, 0.48, 0.70))):
+        cfg = write_study(tmp_path / f"{name}.yaml", tiny_ocelot_root, tmp_path, study=name)
+        study = load_study(cfg)
+        study.study_results.mkdir(parents=True)
+        rows = [_row(f"plain_none-f1-s{s}", t, seed=str(s)) for s, t in enumerate(tests)]
+        with (study.study_results / "runs.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=ROW_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+        paths.append(cfg)
+    assert study_main(["compare", str(paths[0]), str(paths[1])]) == 0
+    out = capsys.readouterr().out
+    lines = [line.split() for line in out.splitlines()]
+    assert ["plain_none-f1-s1", "0.001", "0.001", "0.5000", "0.4800", "-0.0200"] in lines
+    assert "all points: n 3, mean d -0.0033" in out and "max |d| 0.0200" in out
+    assert "yardstick: median seed std of test mF1 over sa's cells 0.1000" in out
+    written = list(csv.DictReader((tmp_path / "results" / "sb" / "compare_sa.csv").open()))
+    assert [r["diff"] for r in written] == ["0.01", "-0.02", "0.0"]

@@ -1,0 +1,118 @@
+"""``compare A.yaml B.yaml``: the same points trained in two studies — how far does what differs move a row?
+
+Made for studies that run the same grid and differ only in how the numbers are computed (``brca_cpu`` and
+``brca_cpu_portable``: another CPU numerics mode, so other last bits in every convolution and square root). Such
+a difference is noise, not a treatment: the question is how large it is next to the seed-to-seed spread that
+the study's intervals already carry.
+
+A point is compared when both studies have finished it and trained it themselves (a main point that reused a
+search run is the same training as that search row and is counted once). Its labels must agree (``SAME``:
+arm, model, group, preset, fraction, seed, width, depth, parameters, max steps), else it is not the same
+training and an error names it. Learning rates are compared but may differ (another search winner): such
+points are marked, and the summary is given over all compared points and over those at the same rate.
+
+Per point ``d = test mF1(B) − test mF1(A)``. Summary: n, mean d with a 95 % percentile bootstrap interval over
+points (fixed RNG seed), sd of d, mean and largest |d|, and the yardstick: the median over A's cells
+(arm × fraction with at least two seeds) of the sample std of test mF1 over seeds. If the studies differed
+only by noise of the seed kind, sd of d would be about √2 × that std. The best validation mF1 (what picks the
+learning rate and the threshold) is summarised the same way.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+#: labels that make two rows the same training (learning_rate is compared separately)
+SAME = ("arm", "model", "group", "preset", "fraction", "seed", "width", "depth", "parameters", "max_steps")
+FIELDS = ["point", "arm", "fraction", "seed", "lr_a", "lr_b", "same_lr", "test_mF1_a", "test_mF1_b", "diff",
+          "best_val_mF1_a", "best_val_mF1_b"]
+
+
+def trained_here(row: Mapping[str, str]) -> bool:
+    """Whether a row is its own training (not a main point that reused a search run)."""
+    return row.get("source_point", "") in ("", row["point"])
+
+
+def compare_rows(a: Mapping[str, Mapping[str, str]], b: Mapping[str, Mapping[str, str]]) -> list[dict[str, Any]]:
+    """One dict per point finished and trained in both (order of ``a``); raises ``ValueError`` on a label
+    mismatch, naming the point and the label."""
+    out = []
+    for point, ra in a.items():
+        rb = b.get(point)
+        if rb is None or not (trained_here(ra) and trained_here(rb)):
+            continue
+        for key in SAME:
+            if ra.get(key, "") != rb.get(key, ""):
+                raise ValueError(f"point {point}: {key} is {ra.get(key)!r} in the first study and {rb.get(key)!r} "
+                                 f"in the second; compare needs the same trainings")
+        lr_a, lr_b = float(ra["learning_rate"]), float(rb["learning_rate"])
+        ta, tb = float(ra["test_mF1"]), float(rb["test_mF1"])
+        out.append({"point": point, "arm": ra["arm"], "fraction": float(ra["fraction"]), "seed": int(ra["seed"]),
+                    "lr_a": lr_a, "lr_b": lr_b, "same_lr": lr_a == lr_b, "test_mF1_a": ta, "test_mF1_b": tb,
+                    "diff": round(tb - ta, 6), "best_val_mF1_a": float(ra["best_val_mF1"]),
+                    "best_val_mF1_b": float(rb["best_val_mF1"])})
+    return out
+
+
+def seed_std(rows: Mapping[str, Mapping[str, str]]) -> float | None:
+    """Median over cells (arm × fraction of the main points, ≥ 2 seeds) of the sample std of test mF1."""
+    cells: dict[tuple[str, str], list[float]] = {}
+    for r in rows.values():
+        if r["stage"] == "main":
+            cells.setdefault((r["arm"], r["fraction"]), []).append(float(r["test_mF1"]))
+    stds = [statistics.stdev(v) for v in cells.values() if len(v) >= 2]
+    return statistics.median(stds) if stds else None
+
+
+def summarize(diffs: Sequence[float], replicates: int = 10000, seed: int = 0) -> dict[str, Any]:
+    """n, mean d and its 95 % bootstrap interval over points, sd of d (n − 1), mean |d|, max |d|."""
+    d = np.asarray(diffs, dtype=np.float64)
+    if d.size == 0:
+        return {"n": 0}
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(replicates, d.size))].mean(axis=1)
+    return {"n": int(d.size), "mean": float(d.mean()), "lo": float(np.percentile(means, 2.5)),
+            "hi": float(np.percentile(means, 97.5)), "sd": float(d.std(ddof=1)) if d.size > 1 else math.nan,
+            "mean_abs": float(np.abs(d).mean()), "max_abs": float(np.abs(d).max())}
+
+
+def summary_line(label: str, s: Mapping[str, Any]) -> str:
+    if not s["n"]:
+        return f"{label}: no points"
+    return (f"{label}: n {s['n']}, mean d {s['mean']:+.4f} [{s['lo']:+.4f}, {s['hi']:+.4f}], sd of d {s['sd']:.4f}, "
+            f"mean |d| {s['mean_abs']:.4f}, max |d| {s['max_abs']:.4f}")
+
+
+def compare_text(name_a: str, name_b: str, table: Sequence[Mapping[str, Any]], yardstick: float | None) -> str:
+    """The per-point table and the summary lines."""
+    lines = [f"test mF1 of the points trained in both {name_a} (a) and {name_b} (b); d = b − a",
+             f"{'point':<28} {'lr a':>7} {'lr b':>7} {'a':>8} {'b':>8} {'d':>8}"]
+    for r in table:
+        mark = "" if r["same_lr"] else "  (other learning rate)"
+        lines.append(f"{r['point']:<28} {r['lr_a']:>7g} {r['lr_b']:>7g} {r['test_mF1_a']:>8.4f} "
+                     f"{r['test_mF1_b']:>8.4f} {r['diff']:>+8.4f}{mark}")
+    lines.append(summary_line("all points", summarize([r["diff"] for r in table])))
+    if not all(r["same_lr"] for r in table):
+        lines.append(summary_line("same learning rate", summarize([r["diff"] for r in table if r["same_lr"]])))
+    val = summarize([r["best_val_mF1_b"] - r["best_val_mF1_a"] for r in table])
+    if val["n"]:
+        lines.append(f"best validation mF1, the same way: mean d {val['mean']:+.4f}, sd of d {val['sd']:.4f}, "
+                     f"max |d| {val['max_abs']:.4f}")
+    if yardstick is not None:
+        lines.append(f"yardstick: median seed std of test mF1 over {name_a}'s cells {yardstick:.4f} "
+                     f"(√2 × = {math.sqrt(2) * yardstick:.4f}, the sd of d that seed-like noise would give)")
+    return "\n".join(lines)
+
+
+def write_table(path: Path, table: Sequence[Mapping[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(table)
+    return path
