@@ -82,5 +82,33 @@ def test_cli_prints_the_table_and_writes_the_csv(tiny_ocelot_root, tmp_path, cap
     assert ["plain_none-f1-s1", "0.001", "0.001", "0.5000", "0.4800", "-0.0200"] in lines
     assert "all points: n 3, mean d -0.0033" in out and "max |d| 0.0200" in out
     assert "yardstick: median seed std of test mF1 over sa's cells 0.1000" in out
+    assert "contrasts: none in both reports (sa: 0, sb: 0)" in out
     written = list(csv.DictReader((tmp_path / "results" / "sb" / "compare_sa.csv").open()))
     assert [r["diff"] for r in written] == ["0.01", "-0.02", "0.0"]
+
+
+def _contrast(diff, lo, hi, reading, fraction="1.0"):
+    return {"kind": "a", "arm": "moment_d4_none", "vs": "plain_rot", "match": "equal compute", "fraction": fraction,
+            "seeds": "3", "images": "26", "diff": str(diff), "ci_low": str(lo), "ci_high": str(hi), "reading": reading}
+
+
+def test_contrasts_side_by_side_say_whether_readings_agree(tmp_path):
+    from util.study.compare import contrasts_text, read_contrasts
+
+    rows = {"a": [_contrast(-0.046, -0.067, -0.022, "plain_rot better"),
+                  _contrast(-0.005, -0.040, 0.038, "no clear difference (the interval includes 0)", "0.25")],
+            "b": [_contrast(-0.030, -0.055, -0.004, "plain_rot better"),
+                  _contrast(0.045, 0.010, 0.080, "moment_d4_none better", "0.25")]}
+    for name, rs in rows.items():
+        with (tmp_path / f"{name}.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rs[0]))
+            w.writeheader()
+            w.writerows(rs)
+    a, b = read_contrasts(tmp_path / "a.csv"), read_contrasts(tmp_path / "b.csv")
+    text = contrasts_text("sa", "sb", a, b)
+    assert ("(a) moment_d4_none − plain_rot at 1.0: a -0.046 [-0.067, -0.022], b -0.030 [-0.055, -0.004]: "
+            "the same reading") in text
+    assert "a: no clear difference (the interval includes 0); b: moment_d4_none better" in text
+    assert text.endswith("readings agree in 1 of 2 contrasts")
+    assert read_contrasts(tmp_path / "missing.csv") == {}
+    assert contrasts_text("sa", "sb", a, {}) == "contrasts: none in both reports (sa: 2, sb: 0)"

@@ -133,6 +133,8 @@ def _compare(a, b, out: str | None) -> int:
     rows_a, rows_b = read_rows(runs_csv(a)), read_rows(runs_csv(b))
     table = compare.compare_rows(rows_a, rows_b)
     print(compare.compare_text(a.name, b.name, table, compare.seed_std(rows_a)))
+    print(compare.contrasts_text(a.name, b.name, compare.read_contrasts(a.study_results / "contrasts.csv"),
+                                 compare.read_contrasts(b.study_results / "contrasts.csv")))
     path = compare.write_table(Path(out) if out else b.study_results / f"compare_{a.name}.csv", table)
     print(f"wrote {path}")
     return 0

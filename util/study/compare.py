@@ -16,6 +16,10 @@ points (fixed RNG seed), sd of d, mean and largest |d|, and the yardstick: the m
 (arm × fraction with at least two seeds) of the sample std of test mF1 over seeds. If the studies differed
 only by noise of the seed kind, sd of d would be about √2 × that std. The best validation mF1 (what picks the
 learning rate and the threshold) is summarised the same way.
+
+Where both studies have a report (``contrasts.csv``), the contrasts are set side by side: each study's paired
+difference with its interval and reading, and whether the two readings agree — does the study's answer survive
+a second realization of the same grid?
 """
 from __future__ import annotations
 
@@ -106,6 +110,36 @@ def compare_text(name_a: str, name_b: str, table: Sequence[Mapping[str, Any]], y
     if yardstick is not None:
         lines.append(f"yardstick: median seed std of test mF1 over {name_a}'s cells {yardstick:.4f} "
                      f"(√2 × = {math.sqrt(2) * yardstick:.4f}, the sd of d that seed-like noise would give)")
+    return "\n".join(lines)
+
+
+CONTRAST_KEY = ("kind", "arm", "vs", "fraction")
+
+
+def read_contrasts(path: Path) -> dict[tuple[str, ...], dict[str, str]]:
+    """``contrasts.csv`` by (kind, arm, vs, fraction); empty when the study has no report yet."""
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        return {tuple(r[k] for k in CONTRAST_KEY): r for r in csv.DictReader(f)}
+
+
+def contrasts_text(name_a: str, name_b: str, a: Mapping[tuple[str, ...], Mapping[str, str]],
+                   b: Mapping[tuple[str, ...], Mapping[str, str]]) -> str:
+    """Each contrast both reports have: its difference [interval] in a and in b, and whether the readings agree."""
+    both = [k for k in a if k in b]
+    if not both:
+        return f"contrasts: none in both reports ({name_a}: {len(a)}, {name_b}: {len(b)})"
+    lines = [f"contrasts (paired differences, 95 % intervals) in {name_a} (a) and {name_b} (b):"]
+    agree = 0
+    for k in both:
+        ra, rb = a[k], b[k]
+        same = ra["reading"] == rb["reading"]
+        agree += same
+        cell = lambda r: f"{float(r['diff']):+.3f} [{float(r['ci_low']):+.3f}, {float(r['ci_high']):+.3f}]"  # noqa: E731
+        lines.append(f"({k[0]}) {k[1]} − {k[2]} at {k[3]}: a {cell(ra)}, b {cell(rb)}: "
+                     + ("the same reading" if same else f"a: {ra['reading']}; b: {rb['reading']}"))
+    lines.append(f"readings agree in {agree} of {len(both)} contrasts")
     return "\n".join(lines)
 
 
