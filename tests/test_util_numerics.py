@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from util.numerics import MODES, apply_from_env, exact_sqrt, mode_settings
+from util.numerics import MODES, apply_from_env, exact_sqrt, in_mode, mode_settings
 from util.study import child_env
 from util.study.reproduce import recorded_numerics
+from util.training.runs import NUMERICS_VARIABLES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,3 +139,27 @@ def test_study_numerics_and_extends_errors_are_named(tmp_path):
     chained.write_text(f"extends: {REPO / 'configs' / 'study' / 'brca_cpu_portable.yaml'}\nstudy: z\n")
     with pytest.raises(ConfigError, match="extends another file"):
         load_study(chained)
+
+
+def test_plan_times_a_study_under_its_numerics_mode(tiny_ocelot_root, tmp_path, capfd, monkeypatch):
+    """``plan`` of a study with ``numerics: portable`` times its arms in a process started under that mode."""
+    from tests.test_study import write_study
+    from util.study.__main__ import main as study_main
+
+    for k in NUMERICS_VARIABLES:
+        monkeypatch.delenv(k, raising=False)
+    cfg = write_study(tmp_path / "s.yaml", tiny_ocelot_root, tmp_path, numerics="portable",
+                      arms=[{"label": "plain_none", "preset": "none"}], contrasts=[])
+    assert study_main(["plan", str(cfg), "--steps", "1", "--threads", "1"]) == 0
+    out = capfd.readouterr().out
+    assert "CPU numerics mode portable (timed under it)" in out and "s/step" in out
+    assert study_main(["plan", str(cfg), "--no-timing"]) == 0  # nothing timed: no process started for it
+    out = capfd.readouterr().out
+    assert "CPU numerics mode portable\n" in out and "timed under it" not in out
+
+
+def test_in_mode_compares_exactly_the_numerics_variables():
+    env = {"PATH": "/bin", **mode_settings("portable")}
+    assert in_mode(env, "portable", NUMERICS_VARIABLES) and not in_mode(env, "avx2", NUMERICS_VARIABLES)
+    assert not in_mode({**env, "MKL_DEBUG_CPU_TYPE": "5"}, "portable", NUMERICS_VARIABLES)  # one more variable
+    assert in_mode({"PATH": "/bin"}, "native", NUMERICS_VARIABLES)

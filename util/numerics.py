@@ -61,6 +61,11 @@ def mode_env(base: Mapping[str, str], mode: str | None, variables: tuple[str, ..
     return env
 
 
+def in_mode(environ: Mapping[str, str], mode: str, variables: tuple[str, ...]) -> bool:
+    """Whether ``environ`` carries exactly ``mode``'s settings among ``variables`` (nothing else of them set)."""
+    return {k: v for k, v in environ.items() if k in variables} == mode_settings(mode)
+
+
 def _rounded_sqrt(x: torch.Tensor) -> torch.Tensor:
     """The correctly rounded float32 root of float32 ``x`` (see :func:`exact_sqrt`), without autograd."""
     with torch.no_grad():

@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     from util.config import ConfigError
     from util.study.points import parse_shard
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         study = load_study(args.study)
         shard = parse_shard(getattr(args, "shard", None))
         if args.command == "plan":
-            return _plan(study, args, shard)
+            return _plan(study, args, shard, argv)
         if args.command == "run":
             from util.study.runner import run_study
 
@@ -106,7 +107,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _plan(study, args, shard) -> int:
+def _plan(study, args, shard, argv: list[str]) -> int:
+    if study.numerics and not args.no_timing:
+        import os
+        import subprocess
+
+        from util.numerics import apply_from_env, in_mode, mode_env
+        from util.training.runs import NUMERICS_VARIABLES
+
+        if not in_mode(os.environ, study.numerics, NUMERICS_VARIABLES):
+            # kernels pick their code paths when the libraries load: time the arms in a process started under the
+            # study's mode, as its trainings are
+            env = mode_env(os.environ, study.numerics, NUMERICS_VARIABLES)
+            return subprocess.run([sys.executable, "-m", "util.study", *argv], env=env).returncode
+        apply_from_env()
     import torch
 
     from util.study.planning import plan_rows, plan_text, plan_totals

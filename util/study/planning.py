@@ -96,6 +96,18 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
     return "\n".join(lines)
 
 
+def _timed_under(mode: str, untimed: bool) -> str:
+    """Whether the timing ran under the study's numerics mode (``python -m util.study plan`` starts it so)."""
+    import os
+
+    from util.numerics import in_mode
+    from util.training.runs import NUMERICS_VARIABLES
+
+    if untimed:
+        return ""
+    return " (timed under it)" if in_mode(os.environ, mode, NUMERICS_VARIABLES) else " (timed outside it)"
+
+
 def plan_text(study: Study, rows: Sequence[dict[str, Any]], totals: dict[str, Any]) -> str:
     """The printed plan: the table, then the totals in words."""
     cols = ["#", "point", "stage", "preset", "fraction", "seed", "lr", "width", "params", "MACs/px", "s/step",
@@ -111,7 +123,8 @@ def plan_text(study: Study, rows: Sequence[dict[str, Any]], totals: dict[str, An
               f"{totals['device']}; est_min: steps × s/step + validation/test forwards + start-up")
     lines = [format_table(rows, cols), "", method, f"study {study.name}: {len(study.arms)} arms × "
              f"{len(study.fractions)} fractions × {len(study.seeds)} seeds; {budget}; {lr}"
-             + (f"; CPU numerics mode {study.numerics} (timings here are native)" if study.numerics else ""),
+             + (f"; CPU numerics mode {study.numerics}" + _timed_under(study.numerics, totals["untimed"])
+                if study.numerics else ""),
              f"{totals['points']} points: {totals['done']} done, {totals['reused']} reuse a search run, "
              f"{totals['to_train']} to train",
              "no time estimate (--no-timing)" if totals["untimed"] else
