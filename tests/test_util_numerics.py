@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from util.numerics import MODES, apply_from_env, exact_sqrt, in_mode, mode_settings
+from util.numerics import MODES, apply_from_env, exact_sqrt, in_mode, mode_env, mode_settings
 from util.study import child_env
 from util.study.reproduce import recorded_numerics
 from util.training.runs import NUMERICS_VARIABLES
@@ -163,3 +163,9 @@ def test_in_mode_compares_exactly_the_numerics_variables():
     assert in_mode(env, "portable", NUMERICS_VARIABLES) and not in_mode(env, "avx2", NUMERICS_VARIABLES)
     assert not in_mode({**env, "MKL_DEBUG_CPU_TYPE": "5"}, "portable", NUMERICS_VARIABLES)  # one more variable
     assert in_mode({"PATH": "/bin"}, "native", NUMERICS_VARIABLES)
+    # every mode's variables are numerics variables: rows record them, child_env replaces them, and plan's child
+    # process (started until in_mode holds) reaches the mode
+    for mode in MODES:
+        assert set(mode_settings(mode)) <= set(NUMERICS_VARIABLES), mode
+        assert in_mode(mode_env({"PATH": "/bin", "MKL_CBWR": "AVX512"}, mode, NUMERICS_VARIABLES), mode,
+                       NUMERICS_VARIABLES)
