@@ -26,6 +26,10 @@ Options:
   --no-data          do not create the synthetic data set
   --ocelot           also download the real OCELOT 2023 set into data/ocelot (about 9 GB, CC BY-NC-SA 4.0)
   --force            redo every step even when it looks done
+  --fingerprint      print what decides whether the packages are (re)installed and exit: the install
+                     sections of pyproject.toml ([build-system], [project*], [tool.setuptools*]),
+                     environment.yml, the torch and escnn specs and, with --locked, the lock file.
+                     A later run whose fingerprint equals the one stamped in the environment skips them
   -h, --help         show this help
 
 After setup: activate with `source .venv/bin/activate` (or `conda activate <name>`), then see README.md.
@@ -45,6 +49,7 @@ MAKE_DATA=1
 GET_OCELOT=0
 FORCE=0
 LOCKED=0
+PRINT_FINGERPRINT=0
 ESCNN_SPEC="escnn==1.0.11"
 
 value_of() { # OPTION NEXT-ARGUMENT...: the option's value, or a clear error when it has none
@@ -67,11 +72,27 @@ while [[ $# -gt 0 ]]; do
     --locked) LOCKED=1 ;;
     --ocelot) GET_OCELOT=1 ;;
     --force) FORCE=1 ;;
+    --fingerprint) PRINT_FINGERPRINT=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "setup.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
+
+# Fingerprint of everything that decides what gets installed: a second run with the same inputs skips.
+# pyproject.toml counts without its other [tool.*] sections (pytest settings do not change what is installed).
+install_sections() {
+  awk '/^\[/ { keep = ($0 !~ /^\[tool\./ || $0 ~ /^\[tool\.setuptools/) } keep' pyproject.toml
+}
+FINGERPRINT="$({ install_sections; cat environment.yml; } | sha256sum | cut -c1-16) $TORCH_SPEC $TORCH_INDEX $ESCNN_SPEC"
+if [[ $LOCKED == 1 ]]; then
+  [[ -f requirements-lock.txt ]] || { echo "setup.sh: --locked needs requirements-lock.txt in $ROOT" >&2; exit 1; }
+  FINGERPRINT="$FINGERPRINT locked:$(sha256sum < requirements-lock.txt | cut -c1-16)"
+fi
+if [[ $PRINT_FINGERPRINT == 1 ]]; then
+  echo "$FINGERPRINT"
+  exit 0
+fi
 
 STEP="start"
 trap 'echo "setup.sh: FAILED at step: $STEP" >&2' ERR
@@ -102,14 +123,10 @@ fi
 PIP=("$PY" -m pip install -q)
 LOCK_ARGS=()
 if [[ $LOCKED == 1 ]]; then
-  [[ -f requirements-lock.txt ]] || { echo "setup.sh: --locked needs requirements-lock.txt in $ROOT" >&2; exit 1; }
   LOCK_ARGS=(-c requirements-lock.txt)
 fi
 
-# Fingerprint of everything that decides what gets installed: a second run with the same inputs skips.
 STAMP="$("$PY" -c 'import sys; print(sys.prefix)')/.equivariant-ocelot-setup"
-FINGERPRINT="$(cat pyproject.toml environment.yml | sha256sum | cut -c1-16) $TORCH_SPEC $TORCH_INDEX $ESCNN_SPEC"
-[[ $LOCKED == 1 ]] && FINGERPRINT="$FINGERPRINT locked:$(sha256sum < requirements-lock.txt | cut -c1-16)"
 
 if [[ $FORCE == 0 && -f "$STAMP" && "$(cat "$STAMP")" == "$FINGERPRINT" ]] \
    && "$PY" -c 'import model, util, escnn, e2cnn' 2>/dev/null; then

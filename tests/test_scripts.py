@@ -80,16 +80,41 @@ def test_setup_help_lists_every_option():
         assert option in proc.stdout, f"{option} is parsed but not in --help"
 
 
+def test_setup_fingerprint_counts_only_what_decides_the_install(tmp_path):
+    """Editing pytest settings in pyproject.toml keeps the fingerprint (no reinstall); a dependency edit changes it."""
+    for name in ("setup.sh", "pyproject.toml", "environment.yml", "requirements-lock.txt"):
+        shutil.copy(ROOT / name, tmp_path / name)
+
+    def fingerprint(*args: str) -> str:
+        proc = subprocess.run(["bash", "setup.sh", "--fingerprint", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    first = fingerprint()
+    assert first.split()[1:] == ["torch==2.13.0", "escnn==1.0.11"]
+    assert fingerprint("--locked") == first + " locked:" + hashlib.sha256(
+        (ROOT / "requirements-lock.txt").read_bytes()).hexdigest()[:16]
+    toml = tmp_path / "pyproject.toml"
+    toml.write_text(toml.read_text().replace("timeout = 1200", "timeout = 600"))
+    assert fingerprint() == first
+    toml.write_text(toml.read_text().replace('"pyyaml>=6"', '"pyyaml>=6.0.1"'))
+    assert fingerprint() != first
+    assert fingerprint("--torch", "torch==2.5.1").split()[1] == "torch==2.5.1"
+
+
 def test_setup_rerun_skips_what_is_installed():
     """A second `setup.sh` on the environment the tests run in installs nothing (its fingerprint matches)."""
     prefix = Path(sys.prefix)
     stamp = prefix / ".equivariant-ocelot-setup"
     if not (prefix / "bin" / "python").is_file() or not stamp.is_file():
         pytest.skip(f"the test environment {prefix} was not made by setup.sh")
-    inputs = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + (ROOT / "environment.yml").read_bytes())
-    if stamp.read_text().split()[0] != inputs.hexdigest()[:16]:
-        pytest.skip("pyproject.toml/environment.yml changed since setup.sh made this environment (rerun it)")
     locked = ["--locked"] if " locked:" in stamp.read_text() else []  # rerun it as it was made
+    now = subprocess.run(["bash", "setup.sh", "--fingerprint", *locked], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60).stdout.strip()
+    if stamp.read_text().strip() != now:
+        pytest.skip(f"what setup.sh installs changed since it made this environment ({now} vs "
+                    f"{stamp.read_text().strip()}; rerun it)")
     proc = subprocess.run(["bash", "setup.sh", "--venv", str(prefix), "--no-data", *locked], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
