@@ -9,7 +9,7 @@ import pytest
 from tests.test_study import write_study
 from util.study import ROW_FIELDS, load_study
 from util.study.__main__ import main as study_main
-from util.study.compare import compare_rows, seed_std, summarize
+from util.study.compare import compare_rows, lr_choices_text, seed_std, summarize
 
 
 def _row(point, test, stage="main", source=None, lr="0.001", arm="plain_none", fraction="1.0", seed="0", val="0.7",
@@ -112,3 +112,16 @@ def test_contrasts_side_by_side_say_whether_readings_agree(tmp_path):
     assert text.endswith("readings agree in 1 of 2 contrasts")
     assert read_contrasts(tmp_path / "missing.csv") == {}
     assert contrasts_text("sa", "sb", a, {}) == "contrasts: none in both reports (sa: 2, sb: 0)"
+
+
+def test_lr_choices_set_side_by_side_and_differences_counted():
+    a = {"plain": (0.001, {0.001: 0.75, 0.01: 0.70}), "moment": (0.01, {0.001: 0.70, 0.01: 0.71}),
+         "unfinished": (None, {0.001: 0.6})}
+    b = {"plain": (0.001, {0.001: 0.74, 0.01: 0.72}), "moment": (0.001, {0.001: 0.71, 0.01: 0.70}),
+         "unfinished": (0.01, {0.001: 0.6, 0.01: 0.7}), "only_b": (0.01, {0.01: 0.7})}
+    text = lr_choices_text("A", "B", a, b)
+    lines = text.splitlines()
+    assert len(lines) == 4 and lines[-1] == "the choice differs in 1 of 2 arms"
+    assert lines[1].startswith("plain ") and "0.001:0.7500 0.01:0.7000" in lines[1] and "other choice" not in lines[1]
+    assert lines[2].startswith("moment ") and lines[2].endswith("(other choice)") and "a [0.001:0.7000 0.01:0.7100]" in lines[2]
+    assert lr_choices_text("A", "B", {"x": (None, {})}, {"x": (0.01, {})}).startswith("learning rates: no arm")

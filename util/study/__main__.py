@@ -142,11 +142,14 @@ def _compare(a, b, out: str | None) -> int:
     from pathlib import Path
 
     from util.study import compare
+    from util.study.points import choose_lr
     from util.study.store import read_rows, runs_csv
 
     rows_a, rows_b = read_rows(runs_csv(a)), read_rows(runs_csv(b))
     table = compare.compare_rows(rows_a, rows_b)
     print(compare.compare_text(a.name, b.name, table, compare.seed_std(rows_a)))
+    print(compare.lr_choices_text(a.name, b.name, {arm.label: choose_lr(a, arm.label, rows_a) for arm in a.arms},
+                                  {arm.label: choose_lr(b, arm.label, rows_b) for arm in b.arms}))
     print(compare.contrasts_text(a.name, b.name, compare.read_contrasts(a.study_results / "contrasts.csv"),
                                  compare.read_contrasts(b.study_results / "contrasts.csv")))
     path = compare.write_table(Path(out) if out else b.study_results / f"compare_{a.name}.csv", table)

@@ -17,6 +17,9 @@ points (fixed RNG seed), sd of d, mean and largest |d|, and the yardstick: the m
 only by noise of the seed kind, sd of d would be about √2 × that std. The best validation mF1 (what picks the
 learning rate and the threshold) is summarised the same way.
 
+The learning rate each arm's search chose is set side by side too, with the validation score of every searched
+value in both studies: the choice is a comparison of validation scores that are themselves subject to this noise.
+
 Where both studies have a report (``contrasts.csv``), the contrasts are set side by side: each study's paired
 difference with its interval and reading, and whether the two readings agree — does the study's answer survive
 a second realization of the same grid?
@@ -110,6 +113,28 @@ def compare_text(name_a: str, name_b: str, table: Sequence[Mapping[str, Any]], y
     if yardstick is not None:
         lines.append(f"yardstick: median seed std of test mF1 over {name_a}'s cells {yardstick:.4f} "
                      f"(√2 × = {math.sqrt(2) * yardstick:.4f}, the sd of d that seed-like noise would give)")
+    return "\n".join(lines)
+
+
+LrChoice = tuple  # (chosen learning rate or None while the search is unfinished, {value: validation mF1})
+
+
+def lr_choices_text(name_a: str, name_b: str, a: Mapping[str, LrChoice], b: Mapping[str, LrChoice]) -> str:
+    """Per arm searched in both: the learning rate each study chose and the validation mF1 of every value
+    (``a`` and ``b`` map arm → :func:`util.study.points.choose_lr`'s result). Arms whose search is unfinished in
+    either study are left out."""
+    arms = [arm for arm in a if arm in b and a[arm][0] is not None and b[arm][0] is not None and a[arm][1]]
+    if not arms:
+        return "learning rates: no arm's search finished in both studies"
+    lines = [f"learning rate chosen on validation in {name_a} (a) and {name_b} (b), validation mF1 per value:"]
+    differ = 0
+    for arm in arms:
+        (lr_a, va), (lr_b, vb) = a[arm], b[arm]
+        differ += lr_a != lr_b
+        scores = lambda v: " ".join(f"{k:g}:{x:.4f}" for k, x in v.items())  # noqa: E731
+        lines.append(f"{arm:<20} a {lr_a:<7g} b {lr_b:<7g} a [{scores(va)}]  b [{scores(vb)}]"
+                     + ("" if lr_a == lr_b else "  (other choice)"))
+    lines.append(f"the choice differs in {differ} of {len(arms)} arms")
     return "\n".join(lines)
 
 
