@@ -321,6 +321,30 @@ def test_sigterm_in_a_validation_too_long_to_finish_keeps_the_previous_checkpoin
     assert history_steps(first.run_dir) == [2, 4, 6, 8]
 
 
+def test_finish_validation_on_stop_defers_the_flag_and_needs_no_private_connector():
+    """The deferral hides Lightning's stop flag while a short validation finishes and sets it again at its end; a
+    Lightning without the private ``_signal_connector`` gets no deferral and no error (every validation batch
+    calls this hook, so an AttributeError there would break every training)."""
+    from types import SimpleNamespace
+
+    from util.training.callbacks import FinishValidationOnStop
+
+    cb = FinishValidationOnStop(grace_s=60.0)
+    connector = SimpleNamespace(received_sigterm=True)
+    trainer = SimpleNamespace(_signal_connector=connector, sanity_checking=False, num_val_batches=[4],
+                              is_global_zero=False, global_step=4)
+    cb.on_validation_start(trainer, None)
+    cb.on_validation_batch_end(trainer, None, None, None, 0)
+    assert cb.deferred and connector.received_sigterm is False  # the validation goes on
+    cb.on_validation_end(trainer, None)
+    assert connector.received_sigterm is True and not cb.deferred  # and the stop happens after it
+    bare = SimpleNamespace(sanity_checking=False, num_val_batches=[4], is_global_zero=False, global_step=4)
+    cb.on_validation_start(bare, None)
+    cb.on_validation_batch_end(bare, None, None, None, 0)
+    cb.on_validation_end(bare, None)
+    assert not cb.deferred
+
+
 def test_sigterm_between_validations_stops_at_that_step(tiny_ocelot_root, tmp_path):
     """SIGTERM inside step 3's training forward: the run stops at step 3 (no validation is waited for) and the
     rerun validates at 4, 6 and 8."""

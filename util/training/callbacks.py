@@ -149,8 +149,10 @@ class FinishValidationOnStop(Callback):
         self.deferred, self._t0 = False, time.perf_counter()
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        connector = trainer._signal_connector
-        if trainer.sanity_checking or not connector.received_sigterm:
+        # Lightning keeps the flag on a private connector (public ``trainer.received_sigterm`` is read-only); a
+        # Lightning without it loses only this deferral: the stop then behaves as Lightning's own
+        connector = getattr(trainer, "_signal_connector", None)
+        if trainer.sanity_checking or not getattr(connector, "received_sigterm", False):
             return
         if not self.deferred:
             total = trainer.num_val_batches[dataloader_idx]
@@ -166,7 +168,7 @@ class FinishValidationOnStop(Callback):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if self.deferred:
-            trainer._signal_connector.received_sigterm = True
+            trainer._signal_connector.received_sigterm = True  # present: deferred is only set when it is
             self.deferred = False
 
 
