@@ -174,6 +174,8 @@ def test_points_files_hold_curves_and_per_image_counts(tiny_study):
     assert set(doc["test_sets"]) == {"test", "test_rot90", "test_flip"}
     table = doc["test_sets"]["test"]
     assert len(table["ids"]) == 2 and all(len(c) == 3 for c in table["BC"] + table["TC"])
+    eq = doc["equivariance"]  # every element, not only the row's max
+    assert eq["group"] == "D4" and set(eq["per_element"]) >= {"rot90", "flip"} and eq["per_element"]["rot90"] < 1e-4
     env = doc["environment"]  # what a rerun elsewhere is compared against
     assert env["packages"]["torch"] and env["python"] and env["cpu_capability"]
 

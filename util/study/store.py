@@ -206,15 +206,18 @@ def _device_name(metrics: Mapping[str, Any], device: Mapping[str, Any]) -> str:
 
 def point_record(point: Point, row: Mapping[str, Any], metrics: Mapping[str, Any],
                  history: Mapping[str, list], env: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The ``points/<point>.json`` document: labels, validation curve, per-image counts of every test set, and
-    the software and CPU it ran on (:func:`environment_summary`), so a rerun that differs can be told why."""
+    """The ``points/<point>.json`` document: labels, validation curve, per-image counts of every test set, the
+    trained model's equivariance error per group element (``{"group", "crop", "max", "per_element": {"rot90":
+    ...}}``: the row keeps only the max, which for C8 is an interpolated 45° rotation's), and the software and CPU
+    it ran on (:func:`environment_summary`), so a rerun that differs can be told why."""
     tests = {k: per_image_table(v) for k, v in metrics.items()
              if (k == "test" or k.startswith("test_")) and isinstance(v, dict) and "per_image" in v}
     labels = {k: row[k] for k in ("stage", "arm", "model", "group", "preset", "fraction", "seed", "comparison",
                                   "learning_rate", "width", "parameters")}
     return {"point": point.id, "study": row["study"], "labels": labels, "config_hash": row["config_hash"],
             "run_id": row["run_id"], "source_point": row["source_point"], "history": dict(history),
-            "test_sets": tests, "environment": environment_summary(env or {})}
+            "test_sets": tests, "equivariance": metrics.get("equivariance"),
+            "environment": environment_summary(env or {})}
 
 
 def environment_summary(env: Mapping[str, Any]) -> dict[str, Any]:
