@@ -110,8 +110,10 @@ def test_setup_rerun_skips_what_is_installed():
     if not (prefix / "bin" / "python").is_file() or not stamp.is_file():
         pytest.skip(f"the test environment {prefix} was not made by setup.sh")
     locked = ["--locked"] if " locked:" in stamp.read_text() else []  # rerun it as it was made
-    now = subprocess.run(["bash", "setup.sh", "--fingerprint", *locked], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60).stdout.strip()
+    fp = subprocess.run(["bash", "setup.sh", "--fingerprint", *locked], cwd=ROOT, capture_output=True, text=True,
+                        timeout=60)
+    assert fp.returncode == 0 and fp.stdout.strip(), fp.stderr  # a broken --fingerprint must not read as "changed"
+    now = fp.stdout.strip()
     if stamp.read_text().strip() != now:
         pytest.skip(f"what setup.sh installs changed since it made this environment ({now} vs "
                     f"{stamp.read_text().strip()}; rerun it)")

@@ -116,7 +116,9 @@ def compare_text(name_a: str, name_b: str, table: Sequence[Mapping[str, Any]], y
     return "\n".join(lines)
 
 
-LrChoice = tuple  # (chosen learning rate or None while the search is unfinished, {value: validation mF1})
+#: :func:`util.study.points.choose_lr`'s result: the chosen rate (None while the search is unfinished) and
+#: the validation mF1 of every searched value
+LrChoice = tuple[float | None, dict[float, float]]
 
 
 def lr_choices_text(name_a: str, name_b: str, a: Mapping[str, LrChoice], b: Mapping[str, LrChoice]) -> str:
@@ -128,10 +130,13 @@ def lr_choices_text(name_a: str, name_b: str, a: Mapping[str, LrChoice], b: Mapp
         return "learning rates: no arm's search finished in both studies"
     lines = [f"learning rate chosen on validation in {name_a} (a) and {name_b} (b), validation mF1 per value:"]
     differ = 0
+
+    def scores(v: Mapping[float, float]) -> str:
+        return " ".join(f"{k:g}:{x:.4f}" for k, x in v.items())
+
     for arm in arms:
         (lr_a, va), (lr_b, vb) = a[arm], b[arm]
         differ += lr_a != lr_b
-        scores = lambda v: " ".join(f"{k:g}:{x:.4f}" for k, x in v.items())  # noqa: E731
         lines.append(f"{arm:<20} a {lr_a:<7g} b {lr_b:<7g} a [{scores(va)}]  b [{scores(vb)}]"
                      + ("" if lr_a == lr_b else "  (other choice)"))
     lines.append(f"the choice differs in {differ} of {len(arms)} arms")
