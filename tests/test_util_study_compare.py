@@ -87,9 +87,9 @@ def test_cli_prints_the_table_and_writes_the_csv(tiny_ocelot_root, tmp_path, cap
     assert [r["diff"] for r in written] == ["0.01", "-0.02", "0.0"]
 
 
-def _contrast(diff, lo, hi, reading, fraction="1.0"):
+def _contrast(diff, lo, hi, reading, fraction="1.0", seeds=3):
     return {"kind": "a", "arm": "moment_d4_none", "vs": "plain_rot", "match": "equal compute", "fraction": fraction,
-            "seeds": "3", "images": "26", "diff": str(diff), "ci_low": str(lo), "ci_high": str(hi), "reading": reading}
+            "seeds": str(seeds), "images": "26", "diff": str(diff), "ci_low": str(lo), "ci_high": str(hi), "reading": reading}
 
 
 def test_contrasts_side_by_side_say_whether_readings_agree(tmp_path):
@@ -98,7 +98,7 @@ def test_contrasts_side_by_side_say_whether_readings_agree(tmp_path):
     rows = {"a": [_contrast(-0.046, -0.067, -0.022, "plain_rot better"),
                   _contrast(-0.005, -0.040, 0.038, "no clear difference (the interval includes 0)", "0.25")],
             "b": [_contrast(-0.030, -0.055, -0.004, "plain_rot better"),
-                  _contrast(0.045, 0.010, 0.080, "moment_d4_none better", "0.25")]}
+                  _contrast(0.045, 0.010, 0.080, "moment_d4_none better", "0.25", seeds=1)]}
     for name, rs in rows.items():
         with (tmp_path / f"{name}.csv").open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rs[0]))
@@ -106,10 +106,14 @@ def test_contrasts_side_by_side_say_whether_readings_agree(tmp_path):
             w.writerows(rs)
     a, b = read_contrasts(tmp_path / "a.csv"), read_contrasts(tmp_path / "b.csv")
     text = contrasts_text("sa", "sb", a, b)
-    assert ("(a) moment_d4_none − plain_rot at 1.0: a -0.046 [-0.067, -0.022], b -0.030 [-0.055, -0.004]: "
+    assert ("(a) moment_d4_none − plain_rot at 1.0: a -0.046 [-0.067, -0.022] (3), b -0.030 [-0.055, -0.004] (3): "
             "the same reading") in text
-    assert "a: no clear difference (the interval includes 0); b: moment_d4_none better" in text
-    assert text.endswith("readings agree in 1 of 2 contrasts")
+    assert ("at 0.25: a -0.005 [-0.040, +0.038] (3), b +0.045 [+0.010, +0.080] (1): "
+            "a: no clear difference (the interval includes 0); b: moment_d4_none better") in text
+    assert text.endswith("readings agree in 1 of 2 contrasts; 1 of them have fewer paired seeds in one study than "
+                         "in the other (an unfinished grid): their readings are not comparable yet")
+    even = contrasts_text("sa", "sb", a, {k: v | {"seeds": "3"} for k, v in b.items()})
+    assert even.endswith("readings agree in 1 of 2 contrasts")
     assert read_contrasts(tmp_path / "missing.csv") == {}
     assert contrasts_text("sa", "sb", a, {}) == "contrasts: none in both reports (sa: 2, sb: 0)"
 

@@ -21,8 +21,9 @@ The learning rate each arm's search chose is set side by side too, with the vali
 value in both studies: the choice is a comparison of validation scores that are themselves subject to this noise.
 
 Where both studies have a report (``contrasts.csv``), the contrasts are set side by side: each study's paired
-difference with its interval and reading, and whether the two readings agree — does the study's answer survive
-a second realization of the same grid?
+difference with its interval, paired seeds and reading, and whether the two readings agree — does the study's
+answer survive a second realization of the same grid? Contrasts with fewer paired seeds in one report than the
+other (an unfinished grid) are counted apart: their intervals are not comparable yet.
 """
 from __future__ import annotations
 
@@ -156,20 +157,26 @@ def read_contrasts(path: Path) -> dict[tuple[str, ...], dict[str, str]]:
 
 def contrasts_text(name_a: str, name_b: str, a: Mapping[tuple[str, ...], Mapping[str, str]],
                    b: Mapping[tuple[str, ...], Mapping[str, str]]) -> str:
-    """Each contrast both reports have: its difference [interval] in a and in b, and whether the readings agree."""
+    """Each contrast both reports have: its difference [interval] (paired seeds) in a and in b, and whether the
+    readings agree. A contrast with fewer paired seeds in one report (an unfinished grid) is counted apart: its
+    interval is narrower for want of seeds, so its reading is not yet comparable."""
     both = [k for k in a if k in b]
     if not both:
         return f"contrasts: none in both reports ({name_a}: {len(a)}, {name_b}: {len(b)})"
-    lines = [f"contrasts (paired differences, 95 % intervals) in {name_a} (a) and {name_b} (b):"]
-    agree = 0
+    lines = [f"contrasts (paired differences, 95 % intervals, paired seeds) in {name_a} (a) and {name_b} (b):"]
+    agree = uneven = 0
     for k in both:
         ra, rb = a[k], b[k]
         same = ra["reading"] == rb["reading"]
         agree += same
-        cell = lambda r: f"{float(r['diff']):+.3f} [{float(r['ci_low']):+.3f}, {float(r['ci_high']):+.3f}]"  # noqa: E731
+        uneven += ra.get("seeds") != rb.get("seeds")
+        cell = lambda r: (f"{float(r['diff']):+.3f} [{float(r['ci_low']):+.3f}, {float(r['ci_high']):+.3f}]"  # noqa: E731
+                          f" ({r.get('seeds', '?')})")
         lines.append(f"({k[0]}) {k[1]} − {k[2]} at {k[3]}: a {cell(ra)}, b {cell(rb)}: "
                      + ("the same reading" if same else f"a: {ra['reading']}; b: {rb['reading']}"))
-    lines.append(f"readings agree in {agree} of {len(both)} contrasts")
+    lines.append(f"readings agree in {agree} of {len(both)} contrasts"
+                 + (f"; {uneven} of them have fewer paired seeds in one study than in the other (an unfinished "
+                    "grid): their readings are not comparable yet" if uneven else ""))
     return "\n".join(lines)
 
 
