@@ -165,13 +165,16 @@ def contrasts_text(name_a: str, name_b: str, a: Mapping[tuple[str, ...], Mapping
         return f"contrasts: none in both reports ({name_a}: {len(a)}, {name_b}: {len(b)})"
     lines = [f"contrasts (paired differences, 95 % intervals, paired seeds) in {name_a} (a) and {name_b} (b):"]
     agree = uneven = 0
+
+    def cell(r: Mapping[str, str]) -> str:
+        interval = f"[{float(r['ci_low']):+.3f}, {float(r['ci_high']):+.3f}]"
+        return f"{float(r['diff']):+.3f} {interval} ({r.get('seeds', '?')})"
+
     for k in both:
         ra, rb = a[k], b[k]
         same = ra["reading"] == rb["reading"]
         agree += same
         uneven += ra.get("seeds") != rb.get("seeds")
-        cell = lambda r: (f"{float(r['diff']):+.3f} [{float(r['ci_low']):+.3f}, {float(r['ci_high']):+.3f}]"  # noqa: E731
-                          f" ({r.get('seeds', '?')})")
         lines.append(f"({k[0]}) {k[1]} − {k[2]} at {k[3]}: a {cell(ra)}, b {cell(rb)}: "
                      + ("the same reading" if same else f"a: {ra['reading']}; b: {rb['reading']}"))
     lines.append(f"readings agree in {agree} of {len(both)} contrasts"
