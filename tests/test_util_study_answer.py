@@ -10,10 +10,11 @@ from util.study import load_study
 from util.study.answer import answer_block, markers, readme_block, update_readme
 
 
-def test_readme_results_block_matches_the_committed_results():
-    study = load_study(REPO / "configs" / "study" / "brca_cpu.yaml")
+@pytest.mark.parametrize("name", ["brca_cpu", "brca_cpu_portable"])
+def test_readme_results_block_matches_the_committed_results(name):
+    study = load_study(REPO / "configs" / "study" / f"{name}.yaml")
     assert readme_block(REPO / "README.md", study) == answer_block(study), (
-        "README.md's brca_cpu block is stale: run `python -m util.study report configs/study/brca_cpu.yaml "
+        f"README.md's {name} block is stale: run `python -m util.study report configs/study/{name}.yaml "
         "--readme README.md`")
 
 

@@ -85,6 +85,8 @@ def test_cli_prints_the_table_and_writes_the_csv(tiny_ocelot_root, tmp_path, cap
     assert "contrasts: none in both reports (sa: 0, sb: 0)" in out
     written = list(csv.DictReader((tmp_path / "results" / "sb" / "compare_sa.csv").open()))
     assert [r["diff"] for r in written] == ["0.01", "-0.02", "0.0"]
+    kept = (tmp_path / "results" / "sb" / "compare_sa.txt").read_text()  # the printed summary, kept beside it
+    assert kept == out[:out.index("wrote ")] and "all points: n 3, mean d -0.0033" in kept
 
 
 def _contrast(diff, lo, hi, reading, fraction="1.0", seeds=3):

@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "compare":
             s.add_argument("other", help="the second study YAML file (d = its test mF1 − the first's)")
             s.add_argument("--out", default=None,
-                           help="per-point CSV (default results/<second study>/compare_<first study>.csv)")
+                           help="per-point CSV (default results/<second study>/compare_<first study>.csv); the printed "
+                                "summary goes beside it as .txt")
         if name == "report":
             s.add_argument("--readme", default=None,
                            help="also rewrite the study's results block in this Markdown file (between the lines "
@@ -147,13 +148,16 @@ def _compare(a, b, out: str | None) -> int:
 
     rows_a, rows_b = read_rows(runs_csv(a)), read_rows(runs_csv(b))
     table = compare.compare_rows(rows_a, rows_b)
-    print(compare.compare_text(a.name, b.name, table, compare.seed_std(rows_a)))
-    print(compare.lr_choices_text(a.name, b.name, {arm.label: choose_lr(a, arm.label, rows_a) for arm in a.arms},
-                                  {arm.label: choose_lr(b, arm.label, rows_b) for arm in b.arms}))
-    print(compare.contrasts_text(a.name, b.name, compare.read_contrasts(a.study_results / "contrasts.csv"),
-                                 compare.read_contrasts(b.study_results / "contrasts.csv")))
+    text = "\n".join([
+        compare.compare_text(a.name, b.name, table, compare.seed_std(rows_a)),
+        compare.lr_choices_text(a.name, b.name, {arm.label: choose_lr(a, arm.label, rows_a) for arm in a.arms},
+                                {arm.label: choose_lr(b, arm.label, rows_b) for arm in b.arms}),
+        compare.contrasts_text(a.name, b.name, compare.read_contrasts(a.study_results / "contrasts.csv"),
+                               compare.read_contrasts(b.study_results / "contrasts.csv"))]) + "\n"
+    print(text, end="")
     path = compare.write_table(Path(out) if out else b.study_results / f"compare_{a.name}.csv", table)
-    print(f"wrote {path}")
+    path.with_suffix(".txt").write_text(text)  # what was printed, kept beside the table for the README to cite
+    print(f"wrote {path} and {path.with_suffix('.txt').name}")
     return 0
 
 
