@@ -87,6 +87,9 @@ def test_cli_prints_the_table_and_writes_the_csv(tiny_ocelot_root, tmp_path, cap
     assert [r["diff"] for r in written] == ["0.01", "-0.02", "0.0"]
     kept = (tmp_path / "results" / "sb" / "compare_sa.txt").read_text()  # the printed summary, kept beside it
     assert kept == out[:out.index("wrote ")] and "all points: n 3, mean d -0.0033" in kept
+    # a table path ending in .txt would be overwritten by the summary: refused, nothing written
+    assert study_main(["compare", str(paths[0]), str(paths[1]), "--out", str(tmp_path / "c.txt")]) == 1
+    assert "--out " in capsys.readouterr().err and not (tmp_path / "c.txt").exists()
 
 
 def _contrast(diff, lo, hi, reading, fraction="1.0", seeds=3):

@@ -146,6 +146,10 @@ def _compare(a, b, out: str | None) -> int:
     from util.study.points import choose_lr
     from util.study.store import read_rows, runs_csv
 
+    path = Path(out) if out else b.study_results / f"compare_{a.name}.csv"
+    if path.suffix == ".txt":
+        raise ValueError(f"--out {out}: expected a table path such as compare.csv; the printed summary is written "
+                         f"beside it as {path.name}")
     rows_a, rows_b = read_rows(runs_csv(a)), read_rows(runs_csv(b))
     table = compare.compare_rows(rows_a, rows_b)
     text = "\n".join([
@@ -155,7 +159,7 @@ def _compare(a, b, out: str | None) -> int:
         compare.contrasts_text(a.name, b.name, compare.read_contrasts(a.study_results / "contrasts.csv"),
                                compare.read_contrasts(b.study_results / "contrasts.csv"))]) + "\n"
     print(text, end="")
-    path = compare.write_table(Path(out) if out else b.study_results / f"compare_{a.name}.csv", table)
+    compare.write_table(path, table)
     path.with_suffix(".txt").write_text(text)  # what was printed, kept beside the table for the README to cite
     print(f"wrote {path} and {path.with_suffix('.txt').name}")
     return 0
