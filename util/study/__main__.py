@@ -147,9 +147,10 @@ def _compare(a, b, out: str | None) -> int:
     from util.study.store import read_rows, runs_csv
 
     path = Path(out) if out else b.study_results / f"compare_{a.name}.csv"
-    if path.suffix == ".txt":
-        raise ValueError(f"--out {out}: expected a table path such as compare.csv; the printed summary is written "
-                         f"beside it as {path.name}")
+    summary = path.with_suffix(".txt")  # what is printed, kept beside the table for the README to cite
+    if summary == path:
+        raise ValueError(f"--out {out}: expected a table path such as compare.csv; the printed summary goes to the "
+                         f"same name with .txt, which would overwrite the table")
     rows_a, rows_b = read_rows(runs_csv(a)), read_rows(runs_csv(b))
     table = compare.compare_rows(rows_a, rows_b)
     text = "\n".join([
@@ -160,8 +161,8 @@ def _compare(a, b, out: str | None) -> int:
                                compare.read_contrasts(b.study_results / "contrasts.csv"))]) + "\n"
     print(text, end="")
     compare.write_table(path, table)
-    path.with_suffix(".txt").write_text(text)  # what was printed, kept beside the table for the README to cite
-    print(f"wrote {path} and {path.with_suffix('.txt').name}")
+    summary.write_text(text)
+    print(f"wrote {path} and {summary.name}")
     return 0
 
 
